@@ -1,0 +1,108 @@
+// quantizer.cuh - THE group quantizer. Every backend (cpu, sim, cuda kernels) calls this one definition, and
+// lib/reference/quantizer.ts mirrors it line for line, so codes agree bit for bit everywhere.
+//
+// Input: G binary16 values (the cache stores fp16-precision data; callers round inputs to fp16 first).
+// All arithmetic is in double. Every quantity involved is a multiple of 2^-24 below 2^18 in magnitude, so
+// differences, products with codes (< 2^8) and the L1 sums over <= 128 elements are exact in double: the
+// result is independent of summation order and identical in C++, CUDA and JavaScript.
+#pragma once
+#include <cmath>
+#include "compat.cuh"
+#include "fp16.cuh"
+#include "format.cuh"
+
+namespace innerq {
+
+struct QuantizedGroup {
+  uint16_t scale;  // binary16 bits; sign bit = asymmetric (see format.cuh)
+  uint16_t zero;   // binary16 bits; 0 for symmetric groups
+};
+
+// Round-half-up on an exactly computed double, then clamp.
+IQ_HD int roundClamp(double v, int lo, int hi) {
+  double r = floor(v + 0.5);
+  if (r < lo) r = lo;
+  if (r > hi) r = hi;
+  return (int)r;
+}
+
+// The quantizer is built from per-group parameter functions and per-element code functions, so that a
+// host loop (quantizeGroup below) and a warp-cooperative GPU kernel (reductions by shuffle) compose the same
+// arithmetic. Reductions involved are max/min (order-free) and exact double sums (order-free).
+
+// Symmetric: s = max|x| / (2^(b-1)-1), rounded UP to binary16 so that every |x| <= s * qmax and the error of
+// every element is at most s/2. A group whose nonzero elements all share one magnitude m uses s = m instead
+// (codes -1, 0, +1), so constant groups are exact. An all-zero group gets s = 0 and codes = offset (x^ = 0).
+// maxAbs: max |x| over the group; constantMagnitude: every nonzero |x| equals maxAbs.
+IQ_HD uint16_t symmetricScale(double maxAbs, bool constantMagnitude, int bits) {
+  if (!(maxAbs > 0)) return 0;
+  return constantMagnitude ? doubleToHalf(maxAbs, kRoundNearestEven) : doubleToHalf(maxAbs / symMaxLevel(bits), kRoundUp);
+}
+// Stored (offset) code of x under symmetric scale s (a double holding the binary16 scale).
+IQ_HD int symmetricCode(double x, double s, int bits) {
+  const int qmax = symMaxLevel(bits);
+  return (s > 0 ? roundClamp(x / s, -qmax, qmax) : 0) + symOffset(bits);
+}
+IQ_HD double symmetricValue(int u, double s, int bits) { return s * (u - symOffset(bits)); }
+
+// Asymmetric: z = min rounded DOWN to binary16, s = (max - z) / (2^b - 1) rounded UP, codes in [0, 2^b-1].
+// Every element lies in [z, z + s(2^b-1)], so its error is at most s/2. A constant group gets s = 0, x^ = z = x.
+IQ_HD uint16_t asymmetricZero(double lo) { return doubleToHalf(lo, kRoundDown); }
+IQ_HD uint16_t asymmetricScale(double hi, double z, int bits) {
+  return hi > z ? doubleToHalf((hi - z) / asymMaxCode(bits), kRoundUp) : (uint16_t)0;
+}
+IQ_HD int asymmetricCode(double x, double s, double z, int bits) {
+  return s > 0 ? roundClamp((x - z) / s, 0, asymMaxCode(bits)) : 0;
+}
+IQ_HD double asymmetricValue(int u, double s, double z) { return s * u + z; }
+
+// Quantize one group of n (= G) fp16 values read with a stride (in elements). Writes n unpacked codes.
+// Hybrid keeps the asymmetric result only when its L1 error is strictly smaller (ties go to symmetric).
+IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n, int bits, int mode, uint8_t* u) {
+  double maxAbs = 0, lo = 0, hi = 0;
+  for (int i = 0; i < n; i++) {
+    const double x = halfToDouble(src[i * stride]);
+    maxAbs = fmax(maxAbs, fabs(x));
+    lo = i ? fmin(lo, x) : x;
+    hi = i ? fmax(hi, x) : x;
+  }
+  bool constantMagnitude = true;
+  for (int i = 0; i < n; i++) {
+    const double a = fabs(halfToDouble(src[i * stride]));
+    if (a != 0 && a != maxAbs) constantMagnitude = false;
+  }
+  QuantizedGroup q;
+  q.zero = 0;
+  const uint16_t symScale = symmetricScale(maxAbs, constantMagnitude, bits);
+  const uint16_t asymZero = asymmetricZero(lo);
+  const double ss = halfToDouble(symScale), za = halfToDouble(asymZero);
+  const uint16_t asymScale = asymmetricScale(hi, za, bits);
+  const double sa = halfToDouble(asymScale);
+  bool asym = mode == kAsym;
+  if (mode == kHybrid) {
+    double l1s = 0, l1a = 0;  // exact sums (see the header comment), so the choice is the same everywhere
+    for (int i = 0; i < n; i++) {
+      const double x = halfToDouble(src[i * stride]);
+      l1s += fabs(x - symmetricValue(symmetricCode(x, ss, bits), ss, bits));
+      l1a += fabs(x - asymmetricValue(asymmetricCode(x, sa, za, bits), sa, za));
+    }
+    asym = l1a < l1s;
+  }
+  for (int i = 0; i < n; i++) {
+    const double x = halfToDouble(src[i * stride]);
+    u[i] = (uint8_t)(asym ? asymmetricCode(x, sa, za, bits) : symmetricCode(x, ss, bits));
+  }
+  if (asym) { q.scale = (uint16_t)(asymScale | 0x8000); q.zero = asymZero; }
+  else q.scale = symScale;
+  return q;
+}
+
+// Dequantize one code with a group's parameters, in float (what the GEMV kernels compute). For symmetric
+// groups this is exact (|s| has 11 significant bits, the level fits in 8 bits); asymmetric rounds once.
+IQ_HD float dequantizeCode(int u, uint16_t scaleBits, uint16_t zeroBits, int bits) {
+  const float s = halfToFloat((uint16_t)(scaleBits & 0x7fff));
+  if (scaleIsAsym(scaleBits)) return s * (float)u + halfToFloat(zeroBits);
+  return s * (float)(u - symOffset(bits));
+}
+
+}  // namespace innerq
