@@ -97,6 +97,16 @@ IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n,
   return q;
 }
 
+// Per-channel key normalization: the stored key is K / f rounded to binary16 (saturating, so a finite key
+// never becomes Inf), computed in double. Every backend and the TypeScript reference use this function.
+IQ_HD uint16_t normalizeKey(uint16_t keyBits, float f) {
+  return doubleToHalfSaturate(halfToDouble(keyBits) / (double)f);
+}
+// f_j = sqrt(max(maxAbs_j, floor)) where maxAbs_j = max_t |K[t, j]| over the non-sink prefill tokens.
+// The floor keeps an all-zero channel from producing f = 0 (a division by zero at quantization time).
+constexpr double kKeyNormFloor = 1e-4;
+IQ_HD float keyNormFactor(double maxAbs) { return (float)sqrt(maxAbs > kKeyNormFloor ? maxAbs : kKeyNormFloor); }
+
 // Dequantize one code with a group's parameters, in float (what the GEMV kernels compute). For symmetric
 // groups this is exact (|s| has 11 significant bits, the level fits in 8 bits); asymmetric rounds once.
 IQ_HD float dequantizeCode(int u, uint16_t scaleBits, uint16_t zeroBits, int bits) {
