@@ -26,7 +26,7 @@ IQ_HD float halfToFloat(uint16_t h) { return (float)halfToDouble(h); }
 // +-Inf for nearest rounding and saturate for directed rounding toward zero.
 IQ_HD uint16_t doubleToHalf(double x, int dir) {
   if (x != x) return 0x7e00;
-  const uint16_t sign = (x < 0 || (x == 0 && signbit(x))) ? 0x8000 : 0;
+  const uint16_t sign = copysign(1.0, x) < 0 ? 0x8000 : 0;  // keeps the sign of -0
   double a = fabs(x);
   if (a == 0) return sign;
   // Rounding "up" for a negative number moves its magnitude down, and vice versa.

@@ -116,3 +116,9 @@ IQ_HD float dequantizeCode(int u, uint16_t scaleBits, uint16_t zeroBits, int bit
 }
 
 }  // namespace innerq
+
+namespace innerq {
+// Key normalization applied before quantization (keys are stored as K/f): the quotient is formed in double
+// and rounded once to binary16, saturating, so a finite key never becomes Inf. Shared by every backend.
+IQ_HD uint16_t normalizeKeyHalf(uint16_t k, float f) { return doubleToHalfSaturate(halfToDouble(k) / (double)f); }
+}  // namespace innerq
