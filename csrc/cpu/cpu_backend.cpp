@@ -1,0 +1,496 @@
+// cpu_backend.cpp - the CPU backend: memory, quantizeRows, attend, the thread pool and the work split.
+//
+// attend() for one layer runs three parallel phases over a persistent pool:
+//   1. key scores:  items = (kv head, token chunk); each item walks the sink, the pages and the ring of its
+//                   chunk and writes the logits of all r query heads of its kv head (one pass over the codes).
+//   2. softmax:     items = query heads; vectorised exp; the InnerQ value path also quantizes p to int8 here.
+//   3. value sums:  same items as phase 1; each writes a private partial [r][d]; the caller merges them.
+// Chunk boundaries lie at S + k*C with C a multiple of 128, so they never split a token group of any G.
+#include "cpu_backend.h"
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include <math.h>  // fp16.cuh calls unqualified signbit(); <cmath> alone only declares std::signbit
+#include "../../kernels/quantizer.cuh"
+#include "cpu_kernels.h"
+
+namespace innerq {
+
+CpuFeatures cpuFeatures() {
+  CpuFeatures f{};
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  // gcc 12 has no "f16c" name for __builtin_cpu_supports; read CPUID.1:ECX bit 29 directly.
+  unsigned a = 1, b = 0, c = 0, d = 0;
+  __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d) : "c"(0));
+  f.f16c = (c >> 29) & 1;
+#endif
+  const unsigned hc = std::thread::hardware_concurrency();
+  f.threads = hc ? (int)hc : 1;
+  return f;
+}
+
+namespace cpu {
+namespace {
+
+// A small persistent pool. run(items, fn) hands items out through an atomic counter; the calling thread works
+// too. Workers spin briefly after a job (a decode step issues three jobs per layer back to back, and a
+// condition-variable wake costs tens of microseconds), then sleep.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+    for (int i = 1; i < threads_; i++) workers_.emplace_back([this, i] { loop(i); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      generation_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return threads_; }
+
+  void run(int items, const std::function<void(int item, int worker)>& fn) {
+    if (items <= 0) return;
+    if (threads_ == 1 || items == 1) {
+      for (int i = 0; i < items; i++) fn(i, 0);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      fn_ = &fn;
+      items_ = items;
+      next_.store(0);
+      pending_.store(threads_ - 1);
+      generation_.fetch_add(1);
+    }
+    cv_.notify_all();
+    work(0);
+    while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    fn_ = nullptr;
+  }
+
+ private:
+  void work(int worker) {
+    for (;;) {
+      const int i = next_.fetch_add(1);
+      if (i >= items_) break;
+      (*fn_)(i, worker);
+    }
+  }
+  void loop(int worker) {
+    unsigned seen = 0;
+    for (;;) {
+      unsigned g = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; g == seen && spin < 20000; spin++) {
+        std::this_thread::yield();
+        g = generation_.load(std::memory_order_acquire);
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return generation_.load() != seen; });
+        g = generation_.load();
+      }
+      seen = g;
+      if (stop_) return;
+      work(worker);
+      pending_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<unsigned> generation_{0};
+  std::atomic<int> next_{0}, pending_{0};
+  int items_ = 0;
+  const std::function<void(int, int)>* fn_ = nullptr;
+  bool stop_ = false;
+};
+
+template <class T>
+struct AlignedBuf {  // grow-only 64-byte aligned scratch
+  T* p = nullptr;
+  size_t n = 0;
+  ~AlignedBuf() { std::free(p); }
+  T* get(size_t count) {
+    if (count > n) {
+      std::free(p);
+      const size_t bytes = (count * sizeof(T) + 63) & ~(size_t)63;
+      p = (T*)std::aligned_alloc(64, bytes ? bytes : 64);
+      if (!p) throw std::bad_alloc();
+      n = count;
+    }
+    return p;
+  }
+};
+
+struct Chunking {
+  int perHead, C;
+  int lo(const LayerView& v, int c) const { return c == 0 ? 0 : v.sinkCapacity + c * C; }
+  int hi(const LayerView& v, int c) const { return c == perHead - 1 ? v.tokens : v.sinkCapacity + (c + 1) * C; }
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(int threads, bool simd) : pool_(threads), k_(simd ? &avx2Kernels() : &portableKernels()) {}
+  const char* name() const override { return "cpu"; }
+  const char* kernels() const { return k_->name; }
+  int threads() const { return pool_.size(); }
+
+  void* allocate(size_t bytes) override {
+    // aligned_alloc wants a size that is a multiple of the alignment.
+    const size_t rounded = (bytes + 63) & ~(size_t)63;
+    return std::aligned_alloc(64, rounded ? rounded : 64);
+  }
+  void release(void* p) override { std::free(p); }
+  Status upload(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok;
+  }
+  Status download(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok;
+  }
+
+  Status quantizeRows(const LayerView& v, Matrix m, const uint16_t* rows, int firstQuantized, int count) override;
+  Status attend(const LayerView& v, const float* query, float* out) override;
+  Status keyScores(const LayerView& v, const float* query, float* scores);
+  Status valueSum(const LayerView& v, const float* probs, float* out);
+
+ private:
+  static bool supported(const LayerView& v);
+  Chunking chunking(const LayerView& v) const;
+  void prepareQuery(const LayerView& v, const float* query);
+  void scoresPhase(const LayerView& v, float* scores);
+  void prepareProbsI8(const LayerView& v, const float* probs, int qh);
+  void valuePhase(const LayerView& v, const float* probs, float* out);
+
+  ThreadPool pool_;
+  const Kernels* k_;
+  std::mutex callMu_;
+  AlignedBuf<float> qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
+  AlignedBuf<int8_t> qI8_, pI8_;
+  size_t pLd_ = 0;  // row stride of pI8_ (quantizedValues rounded up to 32)
+};
+
+bool CpuBackend::supported(const LayerView& v) {
+  if (v.qHeads <= 0 || v.kvHeads <= 0 || v.qHeads % v.kvHeads) return false;
+  if (v.headDim <= 0 || v.headDim > kMaxHeadDim || v.headDim % 32) return false;
+  for (const MatrixFormat* f : {&v.keyFormat, &v.valueFormat}) {
+    if (f->orientation == kFp16Rows) continue;
+    if (f->bits != 2 && f->bits != 3 && f->bits != 4 && f->bits != 8) return false;
+    if (f->groupSize != 32 && f->groupSize != 64 && f->groupSize != 128) return false;
+    if (v.headDim % f->groupSize) return false;
+  }
+  return true;
+}
+
+Chunking CpuBackend::chunking(const LayerView& v) const {
+  // Enough items per kv head that every thread gets about two, but chunks of at least 512 tokens.
+  const int quantSpan = v.tokens - v.sinkHeld();
+  int per = (2 * pool_.size() + v.kvHeads - 1) / v.kvHeads;
+  const int maxPer = quantSpan / 512;
+  if (per > maxPer) per = maxPer;
+  if (per < 1) per = 1;
+  int C = (quantSpan + per - 1) / per;
+  C = (C + 127) / 128 * 128;
+  if (C == 0) C = 128;
+  return Chunking{per, C};
+}
+
+// Walk token range [a0, a1) of one matrix and kv head, calling fp16(rows, ld, a, n, inPage) for fp16 runs and
+// page(pageIndex, slot0, slot1, a) for quantized runs (also kFp16Rows pages: the callback handles them).
+template <class F16, class PAGE>
+void walk(const LayerView& v, Matrix m, int kh, int a0, int a1, F16&& fp16, PAGE&& page) {
+  const int S = v.sinkCapacity, held = v.sinkHeld();
+  const int q = m == Matrix::Keys ? v.quantizedKeys : v.quantizedValues;
+  const size_t ld = (size_t)v.kvHeads * v.headDim;
+  const uint16_t* sink = m == Matrix::Keys ? v.sinkKeys : v.sinkValues;
+  const uint16_t* ring = m == Matrix::Keys ? v.ringKeys : v.ringValues;
+  int a = a0;
+  if (a < held) {
+    const int e = a1 < held ? a1 : held;
+    fp16(sink + (size_t)a * ld + (size_t)kh * v.headDim, ld, a, e - a);
+    a = e;
+  }
+  while (a < a1 && a < S + q) {
+    const int i = a - S, p = i / v.pageTokens, s0 = i % v.pageTokens;
+    int e = S + (p + 1) * v.pageTokens;
+    if (e > a1) e = a1;
+    if (e > S + q) e = S + q;
+    page(p, s0, s0 + (e - a), a);
+    a = e;
+  }
+  while (a < a1) {
+    const int slot = (a - S) % v.ringCapacity;
+    int n = v.ringCapacity - slot;
+    if (n > a1 - a) n = a1 - a;
+    fp16(ring + (size_t)slot * ld + (size_t)kh * v.headDim, ld, a, n);
+    a += n;
+  }
+}
+
+inline QuantRef headRef(const LayerView& v, const MatrixLayout& L, const MatrixFormat& f, int page, int kh) {
+  const uint8_t* base = v.pages[page];
+  QuantRef r;
+  r.codes = base + L.codesOffset + (size_t)kh * L.codesHeadBytes;
+  r.scales = (const uint16_t*)(base + L.scalesOffset + (size_t)kh * L.scalesHeadBytes);
+  r.zeros = hasZeros(f.mode) ? (const uint16_t*)(base + L.zerosOffset + (size_t)kh * L.scalesHeadBytes) : nullptr;
+  return r;
+}
+
+void CpuBackend::prepareQuery(const LayerView& v, const float* query) {
+  const int d = v.headDim, H = v.qHeads, r = H / v.kvHeads;
+  const float scale = (float)(1.0 / std::sqrt((double)d));
+  float* qs = qScaled_.get((size_t)H * d);
+  float* qf = qFold_.get((size_t)H * d);
+  int8_t* qi = qI8_.get((size_t)H * d);
+  float* sg = qSig_.get((size_t)H * d / 32);
+  float* sS = qSigS_.get((size_t)H * d / 32);
+  for (int h = 0; h < H; h++) {
+    const float* f = v.keyNormHost ? v.keyNormHost + (size_t)(h / r) * d : nullptr;
+    for (int j = 0; j < d; j++) {
+      qs[h * d + j] = query[h * d + j] * scale;
+      qf[h * d + j] = f ? qs[h * d + j] * f[j] : qs[h * d + j];
+    }
+  }
+  if (v.keyFormat.orientation == kRowGrouped) k_->quantizeI8(qf, H * d, qi, sg, sS);
+}
+
+void CpuBackend::scoresPhase(const LayerView& v, float* scores) {
+  const Chunking ch = chunking(v);
+  const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens;
+  const MatrixFormat& f = v.keyFormat;
+  const float* qs = qScaled_.p;
+  const float* qf = qFold_.p;
+  pool_.run(v.kvHeads * ch.perHead, [&](int item, int) {
+    const int kh = item / ch.perHead, c = item % ch.perHead;
+    for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
+      const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock, qh = kh * r + hb;
+      float* sOut = scores + (size_t)qh * T;
+      walk(
+          v, Matrix::Keys, kh, ch.lo(v, c), ch.hi(v, c),
+          [&](const uint16_t* rows, size_t ld, int a, int n) {
+            k_->scoresFp16(rows, ld, n, d, qs + (size_t)qh * d, rb, sOut + a, T);
+          },
+          [&](int p, int s0, int s1, int a) {
+            const QuantRef m = headRef(v, v.layout.keys, f, p, kh);
+            if (f.orientation == kFp16Rows) {
+              k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf + (size_t)qh * d, rb, sOut + a, T);
+            } else if (f.orientation == kRowGrouped) {
+              const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32,
+                            qSigS_.p + (size_t)qh * d / 32, (size_t)d / 32};
+              k_->scoresRowI8(m, f, d, s0, s1, q, rb, sOut + a, T);
+            } else {
+              k_->scoresColF(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf + (size_t)qh * d, rb, sOut + a, T);
+            }
+          });
+    }
+  });
+}
+
+void CpuBackend::prepareProbsI8(const LayerView& v, const float* probs, int qh) {
+  // p for quantized value tokens, slices aligned to quantized-space index multiples of 32 (so to token groups).
+  const int qv = v.quantizedValues;
+  if (qv <= 0) return;
+  const size_t row = (size_t)qh * pLd_;
+  k_->quantizeI8(probs + (size_t)qh * v.tokens + v.sinkCapacity, qv, pI8_.p + row, pSig_.p + row / 32,
+                 pSigS_.p + row / 32);
+}
+
+void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) {
+  const Chunking ch = chunking(v);
+  const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens, P = v.pageTokens;
+  const MatrixFormat& f = v.valueFormat;
+  const int items = v.kvHeads * ch.perHead;
+  float* part = partial_.get((size_t)items * r * d);
+  pool_.run(items, [&](int item, int) {
+    const int kh = item / ch.perHead, c = item % ch.perHead;
+    float* o = part + (size_t)item * r * d;
+    std::memset(o, 0, sizeof(float) * r * d);
+    for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
+      const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock, qh = kh * r + hb;
+      const float* pIn = probs + (size_t)qh * T;
+      float* ob = o + (size_t)hb * d;
+      walk(
+          v, Matrix::Values, kh, ch.lo(v, c), ch.hi(v, c),
+          [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, T, rb, ob); },
+          [&](int p, int s0, int s1, int a) {
+            const QuantRef m = headRef(v, v.layout.values, f, p, kh);
+            if (f.orientation == kFp16Rows) {
+              k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, T, rb, ob);
+            } else if (f.orientation == kRowGrouped) {
+              k_->wsumRowF(m, f, d, s0, s1, pIn + a, T, rb, ob);
+            } else {
+              // page-relative int8 probabilities: page p starts at quantized index p*P (a multiple of 32)
+              const size_t base = (size_t)qh * pLd_ + (size_t)p * P;
+              const I8Set pq{pI8_.p + base, pLd_, pSig_.p + base / 32, pSigS_.p + base / 32, pLd_ / 32};
+              k_->wsumColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, pq, rb, ob);
+            }
+          });
+    }
+  });
+  // merge the chunks of each kv head
+  for (int kh = 0; kh < v.kvHeads; kh++) {
+    float* dst = out + (size_t)kh * r * d;
+    std::memcpy(dst, part + (size_t)kh * ch.perHead * r * d, sizeof(float) * r * d);
+    for (int c = 1; c < ch.perHead; c++) {
+      const float* src = part + ((size_t)kh * ch.perHead + c) * r * d;
+      for (int i = 0; i < r * d; i++) dst[i] += src[i];
+    }
+  }
+}
+
+Status CpuBackend::keyScores(const LayerView& v, const float* query, float* scores) {
+  if (!supported(v)) return Status::Unsupported;
+  std::lock_guard<std::mutex> lk(callMu_);
+  try {
+    prepareQuery(v, query);
+    scoresPhase(v, scores);
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory;
+  }
+  return Status::Ok;
+}
+
+Status CpuBackend::valueSum(const LayerView& v, const float* probs, float* out) {
+  if (!supported(v)) return Status::Unsupported;
+  std::lock_guard<std::mutex> lk(callMu_);
+  try {
+    if (v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0) {
+      pLd_ = ((size_t)v.quantizedValues + 31) / 32 * 32;
+      pI8_.get(pLd_ * v.qHeads);
+      pSig_.get(pLd_ / 32 * v.qHeads);
+      pSigS_.get(pLd_ / 32 * v.qHeads);
+      pool_.run(v.qHeads, [&](int h, int) { prepareProbsI8(v, probs, h); });
+    }
+    valuePhase(v, probs, out);
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory;
+  }
+  return Status::Ok;
+}
+
+Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
+  if (!supported(v)) return Status::Unsupported;
+  if (v.tokens <= 0) {
+    std::memset(out, 0, sizeof(float) * v.qHeads * v.headDim);
+    return Status::Ok;
+  }
+  std::lock_guard<std::mutex> lk(callMu_);
+  try {
+    float* s = scores_.get((size_t)v.qHeads * v.tokens);
+    prepareQuery(v, query);
+    scoresPhase(v, s);
+    const bool i8 = v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0;
+    if (i8) {
+      pLd_ = ((size_t)v.quantizedValues + 31) / 32 * 32;
+      pI8_.get(pLd_ * v.qHeads);
+      pSig_.get(pLd_ / 32 * v.qHeads);
+      pSigS_.get(pLd_ / 32 * v.qHeads);
+    }
+    pool_.run(v.qHeads, [&](int h, int) {
+      k_->softmax(s + (size_t)h * v.tokens, v.tokens);
+      if (i8) prepareProbsI8(v, s, h);
+    });
+    valuePhase(v, s, out);
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory;
+  }
+  return Status::Ok;
+}
+
+Status CpuBackend::quantizeRows(const LayerView& v, Matrix mat, const uint16_t* rows, int firstQuantized, int count) {
+  if (!supported(v)) return Status::Unsupported;
+  const bool keys = mat == Matrix::Keys;
+  const MatrixFormat& f = keys ? v.keyFormat : v.valueFormat;
+  const MatrixLayout& L = keys ? v.layout.keys : v.layout.values;
+  const int d = v.headDim, P = v.pageTokens, H = v.kvHeads;
+  const size_t ld = (size_t)H * d;
+  if (f.orientation == kColGrouped && (firstQuantized % f.groupSize || count % f.groupSize)) return Status::Unsupported;
+  const float* norm = keys ? (v.keyNorm ? v.keyNorm : v.keyNormHost) : nullptr;
+  // Keys are stored as K/f: divide in double and round once to binary16 (saturating), as the format requires.
+  const int G = f.orientation == kColGrouped ? f.groupSize : 1;  // rows handled together
+  pool_.run(H, [&](int kh, int) {
+    std::vector<uint16_t> tmp((size_t)G * d);
+    uint8_t u[128];
+    for (int i0 = 0; i0 < count; i0 += G) {
+      for (int t = 0; t < G; t++)
+        for (int j = 0; j < d; j++) {
+          const uint16_t x = rows[(size_t)(i0 + t) * ld + (size_t)kh * d + j];
+          tmp[(size_t)t * d + j] = norm ? doubleToHalfSaturate(halfToDouble(x) / (double)norm[(size_t)kh * d + j]) : x;
+        }
+      const int qi = firstQuantized + i0, page = qi / P, slot = qi % P;
+      const QuantRef m = headRef(v, L, f, page, kh);
+      uint8_t* codes = const_cast<uint8_t*>(m.codes);
+      uint16_t* scales = const_cast<uint16_t*>(m.scales);
+      uint16_t* zeros = const_cast<uint16_t*>(m.zeros);
+      if (f.orientation == kFp16Rows) {
+        std::memcpy((uint16_t*)codes + (size_t)slot * d, tmp.data(), sizeof(uint16_t) * d);
+      } else if (f.orientation == kRowGrouped) {
+        const int n = d / f.groupSize, gb = groupBytes(f.bits, f.groupSize);
+        for (int g = 0; g < n; g++) {
+          const QuantizedGroup qg = quantizeGroup(tmp.data() + (size_t)g * f.groupSize, 1, f.groupSize, f.bits, f.mode, u);
+          const size_t gi = (size_t)slot * n + g;
+          for (int b = 0; b < f.groupSize / 32; b++) packBlock32(u + 32 * b, f.bits, codes + gi * gb + (size_t)b * blockBytes(f.bits));
+          scales[gi] = qg.scale;
+          if (zeros) zeros[gi] = qg.zero;
+        }
+      } else {
+        const int gb = groupBytes(f.bits, f.groupSize), tg = slot / f.groupSize;
+        for (int j = 0; j < d; j++) {
+          const QuantizedGroup qg = quantizeGroup(tmp.data() + j, d, f.groupSize, f.bits, f.mode, u);
+          const size_t gi = (size_t)tg * d + j;
+          for (int b = 0; b < f.groupSize / 32; b++) packBlock32(u + 32 * b, f.bits, codes + gi * gb + (size_t)b * blockBytes(f.bits));
+          scales[gi] = qg.scale;
+          if (zeros) zeros[gi] = qg.zero;
+        }
+      }
+    }
+  });
+  return Status::Ok;
+}
+
+}  // namespace
+}  // namespace cpu
+
+std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd) {
+  const CpuFeatures f = cpuFeatures();
+  if (threads <= 0) threads = f.threads;
+  const bool simd = allowSimd && f.avx2 && f.fma && f.f16c;
+  return std::unique_ptr<Backend>(new cpu::CpuBackend(threads, simd));
+}
+
+Status cpuKeyScores(Backend& b, const LayerView& v, const float* query, float* scores) {
+  auto* c = dynamic_cast<cpu::CpuBackend*>(&b);
+  return c ? c->keyScores(v, query, scores) : Status::Unsupported;
+}
+Status cpuValueSum(Backend& b, const LayerView& v, const float* probs, float* out) {
+  auto* c = dynamic_cast<cpu::CpuBackend*>(&b);
+  return c ? c->valueSum(v, probs, out) : Status::Unsupported;
+}
+const char* cpuBackendKernels(const Backend& b) {
+  auto* c = dynamic_cast<const cpu::CpuBackend*>(&b);
+  return c ? c->kernels() : "";
+}
+int cpuBackendThreads(const Backend& b) {
+  auto* c = dynamic_cast<const cpu::CpuBackend*>(&b);
+  return c ? c->threads() : 0;
+}
+
+}  // namespace innerq

@@ -1,0 +1,43 @@
+// cpu_backend.h - the CPU backend: host memory, quantization into pages, and decode attention on the
+// compressed cache with fused dequantize+GEMV kernels (AVX2/FMA/F16C when the CPU has them, else portable C++),
+// spread over a small persistent thread pool.
+//
+// Numerics (see cpu_kernels.h and the report in test/native/cpu/README.md):
+//  - fp16 rows and KIVI-style formats (kColGrouped keys, kRowGrouped values) are float paths: they match an fp64
+//    evaluation on the dequantized cache to ~1e-6 relative.
+//  - InnerQ formats (kRowGrouped keys, kColGrouped values) use the int8-activation integer path: the (folded,
+//    scaled) query and the probability vector are quantized once per step to int8 per 32-element slice with
+//    sigma = max|x|/127. Per group of codes, the error against the exact dot product on the dequantized cache is
+//        |err| <= Σ_j |x^_j| * sigma_slice(j) / 2      (+ float rounding, ~1e-6 relative to Σ_j |x^_j q_j|)
+//    because sigma*qi_j differs from x_j by at most sigma/2 and the integer dot product is exact.
+#pragma once
+#include <memory>
+#include "../core/backend.h"
+
+namespace innerq {
+
+struct CpuFeatures {
+  bool avx2, fma, f16c;
+  int threads;  // hardware threads (std::thread::hardware_concurrency, at least 1)
+};
+CpuFeatures cpuFeatures();
+
+// threads: worker count including the caller (0 = all hardware threads). allowSimd: false forces the portable
+// kernels even on an AVX2 machine (the tests run both). The returned object is a CpuBackend.
+std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd);
+
+// Separate GEMV entry points (benchmarks, and the Node layer's per-GEMV timing). `backend` must come from
+// makeCpuBackend (else Status::Unsupported). Calls on one backend must not overlap (attend included).
+//
+// cpuKeyScores: scores[h*view.tokens + a] = (q_h . K_a) / sqrt(d) for every query head h and token a, with the
+//   key norm folded into the query for the quantized segment (exactly the logits attend() feeds its softmax).
+//   query: [qHeads][headDim]; scores: [qHeads][tokens] host floats.
+// cpuValueSum: out[h][:] = Σ_a probs[h*view.tokens + a] * V_a (probs need not be normalized; InnerQ values
+//   quantize each 32-token slice of probs to int8 exactly as attend does).
+// cpuBackendKernels: "avx2" or "portable" (which kernel table the backend runs).
+Status cpuKeyScores(Backend& backend, const LayerView& view, const float* query, float* scores);
+Status cpuValueSum(Backend& backend, const LayerView& view, const float* probs, float* out);
+const char* cpuBackendKernels(const Backend& backend);
+int cpuBackendThreads(const Backend& backend);
+
+}  // namespace innerq

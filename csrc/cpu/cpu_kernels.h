@@ -1,0 +1,88 @@
+// cpu_kernels.h - internal: the GEMV kernel table of the CPU backend. Two implementations exist:
+// kernels_portable.cpp (plain C++, any CPU) and kernels_avx2.cpp (AVX2/FMA/F16C, compiled with those flags and
+// selected at run time). Both implement exactly the same arithmetic contract, so the tests run both.
+//
+// Conventions shared by every kernel:
+//  - a kernel sees ONE kv head and at most kMaxHeadBlock query heads (r) of it; the caller loops over blocks.
+//  - queries are already multiplied by 1/sqrt(d) (and by the key norm f for quantized segments).
+//  - score outputs are written (not accumulated): s[h*lds + i]; value outputs are ACCUMULATED into out[h*d + j].
+//  - quantized kernels see one page's slice of one head (QuantRef) and a token range inside that page.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include "../../kernels/format.cuh"
+
+namespace innerq {
+namespace cpu {
+
+constexpr int kMaxHeadBlock = 8;
+constexpr int kMaxHeadDim = 256;
+
+struct QuantRef {
+  const uint8_t* codes;    // this head's code slice inside a page
+  const uint16_t* scales;  // this head's scale slice
+  const uint16_t* zeros;   // this head's zero slice, nullptr when the format has none (kSym)
+};
+
+// int8-quantized activations (the InnerQ integer path). Row h (query head h of the block) starts at
+// q + h*ldq; its 32-element slice k has scale sigma[h*lds + k] and sigmaSum[h*lds + k] = sigma * Σ q (the sum
+// of the QUANTIZED slice, so that the zero-point term is consistent with the integer dot product).
+struct I8Set {
+  const int8_t* q;
+  size_t ldq;
+  const float* sigma;
+  const float* sigmaSum;
+  size_t lds;
+};
+
+struct Kernels {
+  const char* name;
+  // fp16 rows: s[h*lds + i] = Σ_j q[h*d + j] * rows[i*ld + j], i in [0, n).
+  void (*scoresFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds);
+  // fp16 rows: out[h*d + j] += Σ_i p[h*ldp + i] * rows[i*ld + j].
+  void (*wsumFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out);
+  // InnerQ keys (kRowGrouped), integer path: page slots [t0, t1); s[h*lds + (t - t0)].
+  void (*scoresRowI8)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r,
+                      float* s, size_t lds);
+  // KIVI-style keys (kColGrouped), float path: page token groups [g0, g1); s[h*lds + (t - g0*G)].
+  void (*scoresColF)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
+                     float* s, size_t lds);
+  // InnerQ values (kColGrouped), integer path: page token groups [g0, g1). p's slice index k covers page slots
+  // 32k .. 32k+31 (p rows are page-relative). Accumulates into out.
+  void (*wsumColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out);
+  // KIVI-style values (kRowGrouped), float path: page slots [t0, t1); p[h*ldp + (t - t0)]. Accumulates into out.
+  void (*wsumRowF)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+                   float* out);
+  // In-place softmax of one row of n scores; returns nothing. Numerically stable (max subtracted).
+  void (*softmax)(float* s, int n);
+  // Quantize n (multiple of 32) floats to int8 per 32-slice: sigma = max|x|/127, q = round(x/sigma).
+  void (*quantizeI8)(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum);
+};
+
+const Kernels& portableKernels();
+const Kernels& avx2Kernels();  // only call when the CPU has AVX2, FMA and F16C
+
+// Fast exact binary16 -> float for the portable path (fp16.cuh's halfToFloat goes through double/ldexp).
+inline float halfBitsToFloat(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+  if (e == 0) {
+    if (m == 0) {
+      bits = sign;
+    } else {  // subnormal: shift the mantissa up until its leading bit is the implicit one
+      e = 113;  // 127 - 15 + 1
+      while (!(m & 0x400)) { m <<= 1; e--; }
+      bits = sign | (e << 23) | ((m & 0x3ff) << 13);
+    }
+  } else if (e == 31) {
+    bits = sign | 0x7f800000u | (m << 13);
+  } else {
+    bits = sign | ((e + 112) << 23) | (m << 13);  // rebias 15 -> 127
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace cpu
+}  // namespace innerq

@@ -1,0 +1,532 @@
+// kernels_avx2.cpp - AVX2/FMA/F16C implementation of the CPU kernel table (built with -mavx2 -mfma -mf16c;
+// only reached after cpuFeatures() confirmed all three).
+//
+// Performance notes (2-core Zen 3, see DESIGN.md §3): fp16 kernels are memory-bound, the quantized ones are
+// compute-bound, so the quantized kernels are written to minimise instructions per code byte:
+//  - InnerQ (keys kRowGrouped, values kColGrouped): codes are multiplied as integers with int8 activations by
+//    maddubs (u8 x s8 -> pairs summed in int16) + madd with ones (-> int32); 8 such dot products (8 tokens for
+//    keys, 8 channels for values) are reduced together by one hadd tree whose output lanes are exactly the
+//    8 results, so the per-group float work (scale, zero point) is a few vertical FMAs per 8 groups.
+//  - KIVI-style baselines: the group scale is folded into the activation (q~_j = q_j a_j per key channel group,
+//    p~_t = p_t a_t per value token group) and the zero points into one constant per group, so the inner loop
+//    is convert-codes-to-float + one FMA per code per query head, vertical over the tokens (keys: a block is 32
+//    tokens of one channel) or channels (values: a block is 32 channels of one token), accumulators in
+//    registers for up to 4 query heads x 16 lanes.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu_kernels.h"
+
+namespace innerq {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// code unpacking: 32 codes of one block -> 32 bytes, element e in byte e.
+template <int BITS>
+inline __m256i unpack32(const uint8_t* p);
+
+template <>
+inline __m256i unpack32<2>(const uint8_t* p) {
+  // Block byte i holds u[8k+i] in bits 2k..2k+1: broadcast the 8 bytes to the four 64-bit lanes, shift lane k
+  // right by 2k, mask -> lane k's bytes are u[8k .. 8k+7].
+  int64_t w;
+  std::memcpy(&w, p, 8);
+  const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(w), _mm256_set_epi64x(6, 4, 2, 0));
+  return _mm256_and_si256(v, _mm256_set1_epi8(3));
+}
+
+template <>
+inline __m256i unpack32<3>(const uint8_t* p) {
+  // Bytes 8..11: a 32-bit plane whose bit e is bit 2 of u[e]. Broadcast it, copy byte e/8 of the word to byte e
+  // (pshufb works per 128-bit lane, and the word is present in every lane), isolate bit e%8 with the mask
+  // 0x8040201008040201 (byte k = 1<<k), compare to get 0xff/0x00, keep 4.
+  uint32_t hi;
+  std::memcpy(&hi, p + 8, 4);
+  const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                       3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)hi), sel);
+  h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+  return _mm256_or_si256(unpack32<2>(p), _mm256_and_si256(h, _mm256_set1_epi8(4)));
+}
+
+template <>
+inline __m256i unpack32<4>(const uint8_t* p) {
+  // Byte i: low nibble u[i], high nibble u[i+16]: one 16-byte load, the shifted copy in the upper lane.
+  const __m128i x = _mm_loadu_si128((const __m128i*)p);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
+}
+
+template <>
+inline __m256i unpack32<8>(const uint8_t* p) {
+  return _mm256_loadu_si256((const __m256i*)p);
+}
+
+// 32 unsigned codes . 32 int8 activations -> 8 int32 partial sums.
+template <int BITS>
+inline __m256i dot32(__m256i c, __m256i q) {
+  if (BITS == 8) {
+    // maddubs would saturate (2*255*127 = 64770 > 32767): widen both to int16 and use madd, exact in int32.
+    const __m256i c0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+    const __m256i c1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
+    const __m256i q0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    const __m256i q1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(c0, q0), _mm256_madd_epi16(c1, q1));
+  }
+  // u <= 15, |q| <= 127: a maddubs pair is at most 2*15*127 = 3810, no int16 saturation.
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(c, q), _mm256_set1_epi16(1));
+}
+
+// Lane i of the result = horizontal sum of v[i] (int32), for 8 vectors.
+inline __m256i hsum8(const __m256i* v) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // per 128-bit lane a = [v0 v1 v2 v3] partials (low half / high half of each vector), b = [v4..v7]
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+inline __m256 hsum8(const __m256* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+inline float hsum(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// Group parameters for 8 groups given their 8 binary16 scales (and zeros): x^ = a*u + bz, a = |scale|,
+// bz = zero for asymmetric groups (scale sign bit set) and -a*2^(b-1) for symmetric ones. blendv selects on the
+// float sign bit, which is the fp16 sign bit after conversion.
+inline void params8(__m128i scaleBits, const uint16_t* zeros, __m128i zeroBits, float offset, __m256& a, __m256& bz) {
+  const __m256 sc = _mm256_cvtph_ps(scaleBits);
+  a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), sc);
+  bz = _mm256_mul_ps(a, _mm256_set1_ps(-offset));
+  if (zeros) bz = _mm256_blendv_ps(bz, _mm256_cvtph_ps(zeroBits), sc);
+}
+
+inline __m128i gather8h(const uint16_t* base, const int* idx) {
+  return _mm_setr_epi16((short)base[idx[0]], (short)base[idx[1]], (short)base[idx[2]], (short)base[idx[3]],
+                        (short)base[idx[4]], (short)base[idx[5]], (short)base[idx[6]], (short)base[idx[7]]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fp16 rows. Scores: TB tokens x HB heads = 8 accumulators over the channels, one hadd tree per 8 (t, h) pairs.
+template <int HB>
+void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, float* s, size_t lds) {
+  constexpr int TB = 8 / HB;
+  for (int i = 0; i < n; i += TB) {
+    const uint16_t* rp[TB];
+    for (int t = 0; t < TB; t++) rp[t] = rows + (size_t)(i + t < n ? i + t : n - 1) * ld;  // clamp the tail
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int j = 0; j < d; j += 8) {
+      for (int t = 0; t < TB; t++) {
+        const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rp[t] + j)));
+        for (int h = 0; h < HB; h++) acc[t * HB + h] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q + h * d + j), acc[t * HB + h]);
+      }
+    }
+    alignas(32) float out[8];
+    _mm256_store_ps(out, hsum8(acc));
+    for (int t = 0; t < TB && i + t < n; t++)
+      for (int h = 0; h < HB; h++) s[h * lds + i + t] = out[t * HB + h];
+  }
+}
+
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds) {
+  int h = 0;
+  for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+  for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+  for (; h + 2 <= r; h += 2) scoresFp16T<2>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+  for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+}
+
+// Weighted sum: for a tile of tokens (L1-resident after the first channel chunk), CV vectors of channels x HB
+// heads of accumulators stay in registers across the tile; each converted V element feeds HB FMAs.
+template <int HB, int CV>
+void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out) {
+  constexpr int kTile = 64;
+  for (int i0 = 0; i0 < n; i0 += kTile) {
+    const int i1 = i0 + kTile < n ? i0 + kTile : n;
+    if (i1 < n) _mm_prefetch((const char*)(rows + (size_t)i1 * ld), _MM_HINT_T0);
+    for (int j = 0; j < d; j += 8 * CV) {
+      // Per-tile partial sums added to out at the end: two-level summation keeps the float error at
+      // ~(sqrt(tile) + sqrt(n/tile)) ulp instead of ~sqrt(n) for one running sum over 16k tokens.
+      __m256 acc[HB][CV];
+      for (int h = 0; h < HB; h++)
+        for (int c = 0; c < CV; c++) acc[h][c] = _mm256_setzero_ps();
+      for (int i = i0; i < i1; i++) {
+        __m256 v[CV];
+        for (int c = 0; c < CV; c++) v[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rows + (size_t)i * ld + j + 8 * c)));
+        for (int h = 0; h < HB; h++) {
+          const __m256 w = _mm256_broadcast_ss(p + h * ldp + i);
+          for (int c = 0; c < CV; c++) acc[h][c] = _mm256_fmadd_ps(w, v[c], acc[h][c]);
+        }
+      }
+      for (int h = 0; h < HB; h++)
+        for (int c = 0; c < CV; c++)
+          _mm256_storeu_ps(out + h * d + j + 8 * c, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j + 8 * c), acc[h][c]));
+    }
+  }
+}
+
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out) {
+  int h = 0;
+  for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+  for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+  for (; h + 2 <= r; h += 2) wsumFp16T<2, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+  for (; h < r; h++) wsumFp16T<1, 4>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// InnerQ keys, integer path. 8 tokens at a time: for each 32-channel slice, unpack the 8 tokens' blocks once,
+// then per query head 8 maddubs/madd dot products and one hadd tree give D for the 8 tokens in 8 lanes;
+// score += a*(sigma*D) + bz*(sigma*S)  (vertical, 8 tokens per instruction).
+template <int BITS>
+void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+                  size_t lds) {
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
+  const float off = (float)symOffset(BITS);
+  for (int tb = t0; tb < t1; tb += 8) {
+    const int cnt = t1 - tb < 8 ? t1 - tb : 8;
+    int tok[8], gidx[8];
+    for (int i = 0; i < 8; i++) tok[i] = tb + (i < cnt ? i : cnt - 1);
+    __m256 acc[kMaxHeadBlock];
+    for (int h = 0; h < r; h++) acc[h] = _mm256_setzero_ps();
+    for (int g = 0; g < n; g++) {
+      for (int i = 0; i < 8; i++) gidx[i] = tok[i] * n + g;
+      __m256 a, bz;
+      params8(gather8h(m.scales, gidx), m.zeros, m.zeros ? gather8h(m.zeros, gidx) : _mm_setzero_si128(), off, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        __m256i c[8];
+        for (int i = 0; i < 8; i++) c[i] = unpack32<BITS>(m.codes + (size_t)gidx[i] * gb + (size_t)sl * bb);
+        const int k = g * spg + sl;
+        for (int h = 0; h < r; h++) {
+          const __m256i qv = _mm256_loadu_si256((const __m256i*)(q.q + h * q.ldq + k * 32));
+          __m256i dv[8];
+          for (int i = 0; i < 8; i++) dv[i] = dot32<BITS>(c[i], qv);
+          const __m256 D = _mm256_cvtepi32_ps(hsum8(dv));
+          acc[h] = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(q.sigma + h * q.lds + k)), acc[h]);
+          acc[h] = _mm256_fmadd_ps(bz, _mm256_broadcast_ss(q.sigmaSum + h * q.lds + k), acc[h]);
+        }
+      }
+    }
+    for (int h = 0; h < r; h++) {
+      float* o = s + h * lds + (tb - t0);
+      if (cnt == 8) {
+        _mm256_storeu_ps(o, acc[h]);
+      } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, acc[h]);
+        for (int i = 0; i < cnt; i++) o[i] = tmp[i];
+      }
+    }
+  }
+}
+
+void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+                 size_t lds) {
+  switch (f.bits) {
+    case 2: return scoresRowI8T<2>(m, f, d, t0, t1, q, r, s, lds);
+    case 3: return scoresRowI8T<3>(m, f, d, t0, t1, q, r, s, lds);
+    case 4: return scoresRowI8T<4>(m, f, d, t0, t1, q, r, s, lds);
+    default: return scoresRowI8T<8>(m, f, d, t0, t1, q, r, s, lds);
+  }
+}
+
+// InnerQ values, integer path. 8 channels at a time: their 8 blocks (same token slice) are unpacked once, per
+// query head the 8 dot products with the int8 probability slice reduce to 8 lanes = 8 channels, and
+// out[j..j+7] += a*(sigma*D) + bz*(sigma*S) with a, bz loaded as 8 contiguous scales/zeros.
+template <int BITS>
+void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+  const int G = f.groupSize, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
+  const float off = (float)symOffset(BITS);
+  for (int tg = g0; tg < g1; tg++) {
+    for (int jb = 0; jb < d; jb += 8) {
+      const size_t gi = (size_t)tg * d + jb;
+      __m256 a, bz;
+      params8(_mm_loadu_si128((const __m128i*)(m.scales + gi)), m.zeros,
+              m.zeros ? _mm_loadu_si128((const __m128i*)(m.zeros + gi)) : _mm_setzero_si128(), off, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        __m256i c[8];
+        for (int i = 0; i < 8; i++) c[i] = unpack32<BITS>(m.codes + (gi + i) * gb + (size_t)sl * bb);
+        const int k = tg * spg + sl;
+        for (int h = 0; h < r; h++) {
+          const __m256i pv = _mm256_loadu_si256((const __m256i*)(p.q + h * p.ldq + k * 32));
+          __m256i dv[8];
+          for (int i = 0; i < 8; i++) dv[i] = dot32<BITS>(c[i], pv);
+          const __m256 D = _mm256_cvtepi32_ps(hsum8(dv));
+          float* o = out + h * d + jb;
+          __m256 acc = _mm256_loadu_ps(o);
+          acc = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(p.sigma + h * p.lds + k)), acc);
+          acc = _mm256_fmadd_ps(bz, _mm256_broadcast_ss(p.sigmaSum + h * p.lds + k), acc);
+          _mm256_storeu_ps(o, acc);
+        }
+      }
+    }
+  }
+}
+
+void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+  switch (f.bits) {
+    case 2: return wsumColI8T<2>(m, f, d, g0, g1, p, r, out);
+    case 3: return wsumColI8T<3>(m, f, d, g0, g1, p, r, out);
+    case 4: return wsumColI8T<4>(m, f, d, g0, g1, p, r, out);
+    default: return wsumColI8T<8>(m, f, d, g0, g1, p, r, out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// KIVI-style keys (kColGrouped), float path. Per token group: fold q~[h][j] = q[h][j]*a[j], c[h] = Σ_j q[h][j]*bz[j]
+// (vectorised over channels). Then per 32-token block and 16-token half: for every channel, convert 16 codes
+// to float and FMA them with broadcast q~[h][j] into 2 x HB register accumulators (16 tokens x HB heads).
+inline void codesToFloat16(__m256i c, int half, __m256& f0, __m256& f1) {
+  const __m128i x = half ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
+  f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+  f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)));
+}
+
+template <int BITS, int HB>
+void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const float* qt, const float* c, float* s,
+                 size_t lds) {
+  for (int half = 0; half < 2; half++) {
+    __m256 acc[HB][2];
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_set1_ps(c[h]);
+    for (int j = 0; j < d; j++) {
+      __m256 f0, f1;
+      codesToFloat16(unpack32<BITS>(codes + (size_t)j * gb + (size_t)sl * bb), half, f0, f1);
+      for (int h = 0; h < HB; h++) {
+        const __m256 w = _mm256_broadcast_ss(qt + h * kMaxHeadDim + j);
+        acc[h][0] = _mm256_fmadd_ps(w, f0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, f1, acc[h][1]);
+      }
+    }
+    for (int h = 0; h < HB; h++) {
+      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16, acc[h][0]);
+      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16 + 8, acc[h][1]);
+    }
+  }
+}
+
+template <int BITS>
+void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                 size_t lds) {
+  const int G = f.groupSize, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
+  const float off = (float)symOffset(BITS);
+  alignas(32) float qt[kMaxHeadBlock * kMaxHeadDim];
+  float c[kMaxHeadBlock];
+  for (int tg = g0; tg < g1; tg++) {
+    const size_t gi0 = (size_t)tg * d;
+    for (int h = 0; h < r; h++) {
+      __m256 cacc = _mm256_setzero_ps();
+      for (int j = 0; j < d; j += 8) {
+        __m256 a, bz;
+        params8(_mm_loadu_si128((const __m128i*)(m.scales + gi0 + j)), m.zeros,
+                m.zeros ? _mm_loadu_si128((const __m128i*)(m.zeros + gi0 + j)) : _mm_setzero_si128(), off, a, bz);
+        const __m256 qv = _mm256_loadu_ps(q + h * d + j);
+        _mm256_store_ps(qt + h * kMaxHeadDim + j, _mm256_mul_ps(qv, a));
+        cacc = _mm256_fmadd_ps(qv, bz, cacc);
+      }
+      c[h] = hsum(cacc);
+    }
+    const uint8_t* codes = m.codes + gi0 * gb;
+    float* sg = s + (size_t)(tg - g0) * G;
+    for (int sl = 0; sl < spg; sl++) {
+      int h = 0;
+      for (; h + 4 <= r; h += 4) colKeysPass<BITS, 4>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h + 2 <= r; h += 2) colKeysPass<BITS, 2>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h < r; h++) colKeysPass<BITS, 1>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+    }
+  }
+}
+
+void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                size_t lds) {
+  switch (f.bits) {
+    case 2: return scoresColFT<2>(m, f, d, g0, g1, q, r, s, lds);
+    case 3: return scoresColFT<3>(m, f, d, g0, g1, q, r, s, lds);
+    case 4: return scoresColFT<4>(m, f, d, g0, g1, q, r, s, lds);
+    default: return scoresColFT<8>(m, f, d, g0, g1, q, r, s, lds);
+  }
+}
+
+// KIVI-style values (kRowGrouped), float path. Per tile of tokens: fold p~[h][g][t] = p[h][t]*a[t][g] and the
+// zero points into one constant per (h, g); then per 32-channel block and 16-channel half, the tile's codes are
+// converted and FMA'd with broadcast p~ into 2 x HB register accumulators (16 channels x HB heads).
+template <int BITS, int HB>
+void rowValuesPass(const uint8_t* codes, int n, int gb, int g, int sl, int bb, int cnt, const float* pt, float* out,
+                   int d, int ch0) {
+  constexpr int kTile = 64;
+  for (int half = 0; half < 2; half++) {
+    const int j = ch0 + half * 16;
+    __m256 acc[HB][2];
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();  // per-tile partials (see wsumFp16T)
+    for (int t = 0; t < cnt; t++) {
+      __m256 f0, f1;
+      codesToFloat16(unpack32<BITS>(codes + ((size_t)t * n + g) * gb + (size_t)sl * bb), half, f0, f1);
+      for (int h = 0; h < HB; h++) {
+        const __m256 w = _mm256_broadcast_ss(pt + h * kTile + t);
+        acc[h][0] = _mm256_fmadd_ps(w, f0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, f1, acc[h][1]);
+      }
+    }
+    for (int h = 0; h < HB; h++) {
+      _mm256_storeu_ps(out + h * d + j, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j), acc[h][0]));
+      _mm256_storeu_ps(out + h * d + j + 8, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j + 8), acc[h][1]));
+    }
+  }
+}
+
+template <int BITS>
+void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+               float* out) {
+  constexpr int kTile = 64;
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
+  const float off = (float)symOffset(BITS);
+  alignas(32) float pt[kMaxHeadBlock * kTile];  // p~ for one channel group g: [h][t]
+  double cz[kMaxHeadBlock][kMaxHeadDim / 32] = {};  // Σ_t p*bz per (h, g); double: it cancels against Σ p~*u
+  for (int tt = t0; tt < t1; tt += kTile) {
+    const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
+    const uint8_t* codes = m.codes + (size_t)tt * n * gb;
+    for (int g = 0; g < n; g++) {
+      for (int t = 0; t < cnt; t++) {
+        const size_t gi = (size_t)(tt + t) * n + g;
+        const uint16_t sb = m.scales[gi];
+        const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
+        const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
+        for (int h = 0; h < r; h++) {
+          const float w = p[h * ldp + (tt - t0) + t];
+          pt[h * kTile + t] = w * a;
+          cz[h][g] += (double)w * bz;
+        }
+      }
+      for (int sl = 0; sl < spg; sl++) {
+        const int ch0 = g * G + sl * 32;
+        int h = 0;
+        for (; h + 4 <= r; h += 4) rowValuesPass<BITS, 4>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
+        for (; h + 2 <= r; h += 2) rowValuesPass<BITS, 2>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
+        for (; h < r; h++) rowValuesPass<BITS, 1>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
+      }
+    }
+  }
+  for (int h = 0; h < r; h++)
+    for (int g = 0; g < n; g++) {
+      const __m256 cv = _mm256_set1_ps((float)cz[h][g]);
+      for (int j = g * G; j < (g + 1) * G; j += 8)
+        _mm256_storeu_ps(out + h * d + j, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j), cv));
+    }
+}
+
+void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+              float* out) {
+  switch (f.bits) {
+    case 2: return wsumRowFT<2>(m, f, d, t0, t1, p, ldp, r, out);
+    case 3: return wsumRowFT<3>(m, f, d, t0, t1, p, ldp, r, out);
+    case 4: return wsumRowFT<4>(m, f, d, t0, t1, p, ldp, r, out);
+    default: return wsumRowFT<8>(m, f, d, t0, t1, p, ldp, r, out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// exp for x <= 0 (softmax arguments s - max). e^x = 2^n * e^r with n = round(x*log2(e)), r = x - n*ln2 in
+// [-ln2/2, ln2/2]. n*ln2 is subtracted in two parts (Cody-Waite): LN2_HI = 0.693359375 = 355/512 has 9
+// significant bits, so n*LN2_HI is exact for |n| < 2^15; LN2_LO = ln2 - LN2_HI. e^r by its Taylor polynomial of
+// degree 7: remainder <= |r|^8/8! * e^|r| = 0.3466^8/40320 * 1.414 = 7.3e-9 relative, below float rounding; the
+// Horner evaluation adds a few ulp (relative error ~2e-7 overall). Below x = -87 (e^-87 = 1.6e-38, near FLT_MIN)
+// the result is flushed to 0, which is harmless next to the softmax denominator (>= 1).
+inline __m256 exp256(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.0f / 5040);  // Horner from 1/7! down to 1
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 720));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  // 2^n: n in [-126, 0] here, so (n + 127) << 23 is a normal float's exponent field.
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(tiny, y);
+}
+
+void softmax(float* s, int n) {
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, mv);
+  float mx = tmp[0];
+  for (int k = 1; k < 8; k++) mx = tmp[k] > mx ? tmp[k] : mx;
+  for (int k = i; k < n; k++) mx = s[k] > mx ? s[k] : mx;
+  const __m256 m8 = _mm256_set1_ps(mx);
+  __m256 sum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
+    _mm256_storeu_ps(s + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float tail = 0;
+  if (i < n) {  // masked tail through the same exp
+    for (int k = 0; k < 8; k++) tmp[k] = i + k < n ? s[i + k] - mx : -INFINITY;
+    _mm256_store_ps(tmp, exp256(_mm256_load_ps(tmp)));
+    for (int k = 0; i + k < n; k++) {
+      s[i + k] = tmp[k];
+      tail += tmp[k];
+    }
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / (hsum(sum) + tail));
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), inv));
+  for (; i < n; i++) s[i] *= _mm256_cvtss_f32(inv);
+}
+
+void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum) {
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int k = 0; k < n / 32; k++) {
+    const float* xs = x + k * 32;
+    __m256 v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xs + 8 * i);
+    __m256 mv = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absMask), _mm256_and_ps(v[1], absMask)),
+                              _mm256_max_ps(_mm256_and_ps(v[2], absMask), _mm256_and_ps(v[3], absMask)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float m = _mm_cvtss_f32(m4);
+    // Same formulas as the portable path: sigma = max/127, codes = round_half_even(x * (127/max)).
+    const float sg = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    __m256i c[4];
+    for (int i = 0; i < 4; i++) {
+      c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));  // |x*inv| <= 127 (+1 ulp) rounds into [-127, 127]
+      c[i] = _mm256_max_epi32(_mm256_min_epi32(c[i], _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+    }
+    // packs interleave the 128-bit lanes; the dword permutation (0,4,1,5,2,6,3,7) restores element order.
+    const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    _mm256_storeu_si256((__m256i*)(q + k * 32), _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    const __m256i sv = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)_mm_cvtsi128_si32(s4);
+  }
+}
+
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmax, quantizeI8};
+
+}  // namespace
+
+const Kernels& avx2Kernels() { return kAvx2; }
+
+}  // namespace cpu
+}  // namespace innerq

@@ -1,0 +1,175 @@
+// kernels_portable.cpp - the portable (no intrinsics) implementation of the CPU kernel table. It implements the
+// same arithmetic as kernels_avx2.cpp (the InnerQ paths are the int8-activation integer paths, not float
+// dequantization), so that the accuracy bounds tested on it hold for the SIMD path as well.
+#include <cmath>
+#include <cstring>
+#include "cpu_kernels.h"
+
+namespace innerq {
+namespace cpu {
+namespace {
+
+// Per-group decode parameters in the form x^ = a*u + bz: symmetric groups have bz = -a*2^(b-1), asymmetric
+// (scale sign bit set) have bz = zero.
+inline void groupParams(uint16_t scaleBits, const uint16_t* zeros, size_t idx, int bits, float& a, float& bz) {
+  a = halfBitsToFloat((uint16_t)(scaleBits & 0x7fff));
+  bz = (scaleBits & 0x8000) ? halfBitsToFloat(zeros[idx]) : -a * (float)symOffset(bits);
+}
+
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds) {
+  float k[kMaxHeadDim];
+  for (int i = 0; i < n; i++) {
+    for (int j = 0; j < d; j++) k[j] = halfBitsToFloat(rows[i * ld + j]);
+    for (int h = 0; h < r; h++) {
+      float acc = 0;
+      for (int j = 0; j < d; j++) acc += q[h * d + j] * k[j];
+      s[h * lds + i] = acc;
+    }
+  }
+}
+
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out) {
+  float v[kMaxHeadDim];
+  for (int i = 0; i < n; i++) {
+    for (int j = 0; j < d; j++) v[j] = halfBitsToFloat(rows[i * ld + j]);
+    for (int h = 0; h < r; h++) {
+      const float w = p[h * ldp + i];
+      for (int j = 0; j < d; j++) out[h * d + j] += w * v[j];
+    }
+  }
+}
+
+void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+                 size_t lds) {
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
+  uint8_t u[32];
+  for (int t = t0; t < t1; t++) {
+    float acc[kMaxHeadBlock] = {0};
+    for (int g = 0; g < n; g++) {
+      const size_t gi = (size_t)t * n + g;
+      float a, bz;
+      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
+        const int k = g * spg + sl;
+        for (int h = 0; h < r; h++) {
+          const int8_t* qs = q.q + h * q.ldq + k * 32;
+          int D = 0;
+          for (int e = 0; e < 32; e++) D += (int)u[e] * (int)qs[e];
+          acc[h] += a * (q.sigma[h * q.lds + k] * (float)D) + bz * q.sigmaSum[h * q.lds + k];
+        }
+      }
+    }
+    for (int h = 0; h < r; h++) s[h * lds + (t - t0)] = acc[h];
+  }
+}
+
+void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                size_t lds) {
+  const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
+  uint8_t u[32];
+  for (int tg = g0; tg < g1; tg++) {
+    float* sg = s + (size_t)(tg - g0) * G;
+    for (int h = 0; h < r; h++)
+      for (int t = 0; t < G; t++) sg[h * lds + t] = 0;
+    for (int j = 0; j < d; j++) {
+      const size_t gi = (size_t)tg * d + j;
+      float a, bz;
+      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
+        for (int h = 0; h < r; h++) {
+          // folded: q~ = q*a per (group, channel), constant c = q*bz
+          const float qt = q[h * d + j] * a, c = q[h * d + j] * bz;
+          float* o = sg + h * lds + sl * 32;
+          for (int e = 0; e < 32; e++) o[e] += qt * (float)u[e] + c;
+        }
+      }
+    }
+  }
+}
+
+void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+  const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
+  uint8_t u[32];
+  for (int tg = g0; tg < g1; tg++) {
+    for (int j = 0; j < d; j++) {
+      const size_t gi = (size_t)tg * d + j;
+      float a, bz;
+      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
+        const int k = tg * spg + sl;
+        for (int h = 0; h < r; h++) {
+          const int8_t* ps = p.q + h * p.ldq + k * 32;
+          int D = 0;
+          for (int e = 0; e < 32; e++) D += (int)u[e] * (int)ps[e];
+          out[h * d + j] += a * (p.sigma[h * p.lds + k] * (float)D) + bz * p.sigmaSum[h * p.lds + k];
+        }
+      }
+    }
+  }
+}
+
+void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+              float* out) {
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
+  uint8_t u[32];
+  for (int t = t0; t < t1; t++) {
+    for (int g = 0; g < n; g++) {
+      const size_t gi = (size_t)t * n + g;
+      float a, bz;
+      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
+        for (int h = 0; h < r; h++) {
+          const float w = p[h * ldp + (t - t0)], pt = w * a, c = w * bz;  // folded: p~ = p*a
+          float* o = out + h * d + g * G + sl * 32;
+          for (int e = 0; e < 32; e++) o[e] += pt * (float)u[e] + c;
+        }
+      }
+    }
+  }
+}
+
+void softmax(float* s, int n) {
+  float mx = -INFINITY;
+  for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    s[i] = std::exp(s[i] - mx);
+    sum += s[i];
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int i = 0; i < n; i++) s[i] *= inv;
+}
+
+void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum) {
+  for (int k = 0; k < n / 32; k++) {
+    const float* xs = x + k * 32;
+    float m = 0;
+    for (int e = 0; e < 32; e++) m = std::fabs(xs[e]) > m ? std::fabs(xs[e]) : m;
+    // sigma = max/127 puts the largest element on code +-127; inv is computed the same way as the AVX2 path
+    // (127/max, one float division) so both paths produce identical codes.
+    const float sg = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+    int S = 0;
+    for (int e = 0; e < 32; e++) {
+      float v = std::nearbyint(xs[e] * inv);  // round half to even, like cvtps_epi32
+      v = v > 127 ? 127 : v < -127 ? -127 : v;
+      q[k * 32 + e] = (int8_t)v;
+      S += (int)v;
+    }
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)S;
+  }
+}
+
+const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmax,
+                           quantizeI8};
+
+}  // namespace
+
+const Kernels& portableKernels() { return kPortable; }
+
+}  // namespace cpu
+}  // namespace innerq

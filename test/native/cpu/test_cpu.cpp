@@ -1,0 +1,421 @@
+// test_cpu.cpp - native accuracy tests of the CPU backend (no Node needed). Build and run:
+//   bash test/native/cpu/build.sh && build-cpu/test_cpu [seed]
+//
+// For every method x bits x G x mode (plus head dims 64/96/128/256, GQA ratios 1/4/8, token counts that are not
+// multiples of G, random and heavy-tailed data) and for both kernel tables (avx2, portable) it builds a layer
+// cache (sink + pages + ring), quantizes it with quantizeRows and checks, against a plain fp64 evaluation on the
+// DEQUANTIZED cache:
+//  - per element quantization bounds: |x - x^| <= s/2 (sym and asym), hybrid picks the smaller-L1 mode;
+//  - key scores (cpuKeyScores) and value sums (cpuValueSum):
+//      float paths (fp16, KIVI-style):  |err| <= 1e-5 * M, M = max over the head's row of Σ|a_i b_i| (normwise
+//                                       relative error 1e-5; per element it cannot be, results may cancel to ~0)
+//      int8 paths (InnerQ):             |err| <= Σ_j |x^_j| sigma_j / 2 + 1e-5 * M
+//        where sigma_j is the int8 scale of the activation slice holding j (derivation in kernels_avx2.cpp /
+//        cpu_backend.h): sigma*qi_j - x_j is at most sigma/2 per element, the integer dot product is exact.
+//  - attend: float paths relative 1e-5 as above; InnerQ: with B = max_t |score error bound|, softmax weights move
+//    by at most a factor e^{±2B}, so |o_j - o_ref_j| <= (e^{2B} - 1) Σ_t p_t |V_tj| + value int8 bound + 1e-5 Σ.
+// Outputs are poisoned with NaN before every call.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <math.h>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../../csrc/cpu/cpu_backend.h"
+#include "../../../kernels/quantizer.cuh"
+
+using namespace innerq;
+
+static int failures = 0, checks = 0;
+#define CHECK(cond, ...)                        \
+  do {                                          \
+    checks++;                                   \
+    if (!(cond)) {                              \
+      if (failures++ < 30) {                    \
+        std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+        std::printf(__VA_ARGS__);               \
+        std::printf("\n");                      \
+      }                                         \
+    }                                           \
+  } while (0)
+
+struct Config {
+  MatrixFormat kf, vf;
+  int qHeads, kvHeads, d;
+  int S, qK, qV, extra, P;
+  bool heavy, norm;
+};
+
+struct Cache {
+  Backend* b;
+  LayerView v;
+  std::vector<uint16_t> K, V;  // raw fp16 [T][kvH][d]
+  std::vector<float> f;        // key norm [kvH][d]
+  std::vector<uint8_t*> pages;
+  uint16_t *sinkK = nullptr, *sinkV = nullptr, *ringK = nullptr, *ringV = nullptr;
+  ~Cache() {
+    for (auto p : pages) b->release(p);
+    for (auto p : {sinkK, sinkV, ringK, ringV}) b->release(p);
+  }
+};
+
+static uint16_t h(double x) { return doubleToHalfSaturate(x); }
+
+static void fill(std::mt19937_64& rng, std::vector<uint16_t>& x, int T, int H, int d, bool heavy, bool keys) {
+  std::normal_distribution<double> n(0, 1);
+  std::uniform_real_distribution<double> u(0.05, 1);
+  std::vector<double> chanScale(d, 1.0);
+  if (keys)  // a few outlier channels, consistent across tokens (the structure of real keys)
+    for (int j = 0; j < d; j += 17) chanScale[j] = 10 + 40 * u(rng);
+  for (int t = 0; t < T; t++)
+    for (int k = 0; k < H; k++)
+      for (int j = 0; j < d; j++) {
+        double val = n(rng) * chanScale[j];
+        if (heavy) val /= std::sqrt(u(rng)) * u(rng) + 0.05;  // heavy tail
+        if (t % 7 == 3 && j % 5 == 0) val += 0.5;              // some asymmetric content
+        x[((size_t)t * H + k) * d + j] = h(val);
+      }
+}
+
+static void build(Cache& c, const Config& cf, std::mt19937_64& rng) {
+  LayerView& v = c.v;
+  v.qHeads = cf.qHeads;
+  v.kvHeads = cf.kvHeads;
+  v.headDim = cf.d;
+  v.keyFormat = cf.kf;
+  v.valueFormat = cf.vf;
+  v.pageTokens = cf.P;
+  v.layout = pageLayout(cf.kf, cf.vf, cf.P, cf.kvHeads, cf.d);
+  v.sinkCapacity = cf.S;
+  v.quantizedKeys = cf.qK;
+  v.quantizedValues = cf.qV;
+  const int qmax = cf.qK > cf.qV ? cf.qK : cf.qV, qmin = cf.qK < cf.qV ? cf.qK : cf.qV;
+  v.tokens = qmax > 0 ? cf.S + qmax + cf.extra : cf.extra;
+  if (qmax == 0 && v.tokens > cf.S) v.tokens = cf.S + cf.extra;  // short prompt: sink + ring only
+  const int T = v.tokens, H = cf.kvHeads, d = cf.d, S = cf.S;
+  const int ringSpan = T - (T < S ? T : S) - qmin;
+  v.ringCapacity = (ringSpan + 127) / 128 * 128 + 128;
+  c.K.resize((size_t)T * H * d);
+  c.V.resize((size_t)T * H * d);
+  fill(rng, c.K, T, H, d, cf.heavy, true);
+  fill(rng, c.V, T, H, d, cf.heavy, false);
+  c.f.assign((size_t)H * d, 1.0f);
+  if (cf.norm) {  // f_j = sqrt(max_t |K|) with a floor, as the cache engine computes it
+    for (int k = 0; k < H; k++)
+      for (int j = 0; j < d; j++) {
+        double m = 0;
+        for (int t = S; t < T; t++) m = std::fmax(m, std::fabs(halfToDouble(c.K[((size_t)t * H + k) * d + j])));
+        c.f[(size_t)k * d + j] = (float)std::sqrt(std::fmax(m, 1e-4));
+      }
+    v.keyNorm = v.keyNormHost = c.f.data();
+  }
+  const size_t rowBytes = (size_t)H * d * 2;
+  c.sinkK = (uint16_t*)c.b->allocate(rowBytes * (S > 0 ? S : 1));
+  c.sinkV = (uint16_t*)c.b->allocate(rowBytes * (S > 0 ? S : 1));
+  c.ringK = (uint16_t*)c.b->allocate(rowBytes * v.ringCapacity);
+  c.ringV = (uint16_t*)c.b->allocate(rowBytes * v.ringCapacity);
+  for (int t = 0; t < T && t < S; t++) {
+    std::memcpy(c.sinkK + (size_t)t * H * d, &c.K[(size_t)t * H * d], rowBytes);
+    std::memcpy(c.sinkV + (size_t)t * H * d, &c.V[(size_t)t * H * d], rowBytes);
+  }
+  for (int t = S + qmin; t < T; t++) {
+    const int slot = (t - S) % v.ringCapacity;
+    std::memcpy(c.ringK + (size_t)slot * H * d, &c.K[(size_t)t * H * d], rowBytes);
+    std::memcpy(c.ringV + (size_t)slot * H * d, &c.V[(size_t)t * H * d], rowBytes);
+  }
+  v.sinkKeys = c.sinkK;
+  v.sinkValues = c.sinkV;
+  v.ringKeys = c.ringK;
+  v.ringValues = c.ringV;
+  const int pagesNeeded = (qmax + cf.P - 1) / cf.P;
+  for (int p = 0; p < pagesNeeded; p++) {
+    auto* pg = (uint8_t*)c.b->allocate(v.layout.pageBytes);
+    std::memset(pg, 0xA5, v.layout.pageBytes);  // garbage, must be overwritten where used
+    c.pages.push_back(pg);
+  }
+  v.pages = c.pages.data();
+  v.pageCount = pagesNeeded;
+  // quantize in two calls to exercise firstQuantized != 0 (split at a group boundary)
+  for (int m = 0; m < 2; m++) {
+    const int q = m ? cf.qV : cf.qK;
+    const MatrixFormat& f = m ? cf.vf : cf.kf;
+    const std::vector<uint16_t>& X = m ? c.V : c.K;
+    const int split = f.orientation == kColGrouped ? (q / 2) / f.groupSize * f.groupSize : q / 3;
+    const Matrix mm = m ? Matrix::Values : Matrix::Keys;
+    if (split > 0) CHECK(c.b->quantizeRows(v, mm, &X[(size_t)S * H * d], 0, split) == Status::Ok, "quantizeRows");
+    if (q - split > 0)
+      CHECK(c.b->quantizeRows(v, mm, &X[(size_t)(S + split) * H * d], split, q - split) == Status::Ok, "quantizeRows");
+  }
+}
+
+// Dequantized element of the cache (the effective key includes the norm factor).
+struct Deq {
+  double x;      // dequantized stored value (K/f for keys in pages)
+  double input;  // what was quantized (fp16-rounded K/f, or V)
+  bool page;
+};
+
+static Deq element(const Cache& c, Matrix m, int a, int k, int j) {
+  const LayerView& v = c.v;
+  const int S = v.sinkCapacity, d = v.headDim, H = v.kvHeads;
+  const bool keys = m == Matrix::Keys;
+  const int q = keys ? v.quantizedKeys : v.quantizedValues;
+  const std::vector<uint16_t>& X = keys ? c.K : c.V;
+  const uint16_t raw = X[((size_t)a * H + k) * d + j];
+  if (a < S || a >= S + q) return Deq{halfToDouble(raw), halfToDouble(raw), false};
+  const double in = keys && v.keyNormHost ? halfToDouble(doubleToHalfSaturate(halfToDouble(raw) / (double)c.f[(size_t)k * d + j]))
+                                          : halfToDouble(raw);
+  const MatrixFormat& f = keys ? v.keyFormat : v.valueFormat;
+  const MatrixLayout& L = keys ? v.layout.keys : v.layout.values;
+  const int i = a - S, page = i / v.pageTokens, slot = i % v.pageTokens;
+  const uint8_t* base = v.pages[page];
+  const uint8_t* codes = base + L.codesOffset + (size_t)k * L.codesHeadBytes;
+  const uint16_t* scales = (const uint16_t*)(base + L.scalesOffset + (size_t)k * L.scalesHeadBytes);
+  const uint16_t* zeros = (const uint16_t*)(base + L.zerosOffset + (size_t)k * L.scalesHeadBytes);
+  if (f.orientation == kFp16Rows) return Deq{halfToDouble(((const uint16_t*)codes)[(size_t)slot * d + j]), in, true};
+  const int G = f.groupSize, gb = groupBytes(f.bits, G);
+  size_t gi;
+  int e;
+  if (f.orientation == kRowGrouped) {
+    gi = (size_t)slot * (d / G) + j / G;
+    e = j % G;
+  } else {
+    gi = (size_t)(slot / G) * d + j;
+    e = slot % G;
+  }
+  uint8_t u[32];
+  unpackBlock32(codes + gi * gb + (size_t)(e / 32) * blockBytes(f.bits), f.bits, u);
+  const uint16_t sb = scales[gi];
+  const double s = halfToDouble((uint16_t)(sb & 0x7fff));
+  const double x = scaleIsAsym(sb) ? s * u[e % 32] + halfToDouble(zeros[gi]) : s * (u[e % 32] - symOffset(f.bits));
+  return Deq{x, in, true};
+}
+
+// Per element bounds and the hybrid choice, read back from the pages.
+static void checkQuantization(const Cache& c, Matrix m) {
+  const LayerView& v = c.v;
+  const bool keys = m == Matrix::Keys;
+  const MatrixFormat& f = keys ? v.keyFormat : v.valueFormat;
+  if (f.orientation == kFp16Rows) return;
+  const int q = keys ? v.quantizedKeys : v.quantizedValues, S = v.sinkCapacity, d = v.headDim, G = f.groupSize;
+  const MatrixLayout& L = keys ? v.layout.keys : v.layout.values;
+  for (int k = 0; k < v.kvHeads; k++) {
+    // iterate groups: gather the group's inputs and dequantized values
+    const int groupsPerLine = f.orientation == kRowGrouped ? d / G : d;
+    const int lines = f.orientation == kRowGrouped ? q : q / G;
+    for (int line = 0; line < lines; line++)
+      for (int g = 0; g < groupsPerLine; g++) {
+        std::vector<double> in(G), out(G);
+        for (int e = 0; e < G; e++) {
+          const int a = f.orientation == kRowGrouped ? S + line : S + line * G + e;
+          const int j = f.orientation == kRowGrouped ? g * G + e : g;
+          const Deq dq = element(c, m, a, k, j);
+          in[e] = dq.input;
+          out[e] = dq.x;
+        }
+        const int i0 = f.orientation == kRowGrouped ? line : line * G;
+        const int page = i0 / v.pageTokens, slot = i0 % v.pageTokens;
+        const uint16_t* scales = (const uint16_t*)(v.pages[page] + L.scalesOffset + (size_t)k * L.scalesHeadBytes);
+        const size_t gi = f.orientation == kRowGrouped ? (size_t)slot * (d / G) + g : (size_t)(slot / G) * d + g;
+        const uint16_t sb = scales[gi];
+        const double s = halfToDouble((uint16_t)(sb & 0x7fff));
+        bool okB = true;
+        for (int e = 0; e < G; e++) okB = okB && std::fabs(in[e] - out[e]) <= s / 2 * (1 + 1e-12) + 1e-300;
+        CHECK(okB, "quantization bound s/2 (bits %d G %d mode %d)", f.bits, G, f.mode);
+        CHECK(f.mode != kSym || !scaleIsAsym(sb), "sym group flagged asym");
+        CHECK(f.mode != kAsym || scaleIsAsym(sb), "asym group not flagged");
+        if (f.mode == kHybrid) {
+          std::vector<uint16_t> hx(G);
+          for (int e = 0; e < G; e++) hx[e] = doubleToHalf(in[e], kRoundNearestEven);
+          uint8_t us[128], ua[128];
+          const QuantizedGroup qs = quantizeGroup(hx.data(), 1, G, f.bits, kSym, us);
+          const QuantizedGroup qa = quantizeGroup(hx.data(), 1, G, f.bits, kAsym, ua);
+          double l1s = 0, l1a = 0;
+          for (int e = 0; e < G; e++) {
+            l1s += std::fabs(in[e] - dequantizeCode(us[e], qs.scale, qs.zero, f.bits));
+            l1a += std::fabs(in[e] - dequantizeCode(ua[e], qa.scale, qa.zero, f.bits));
+          }
+          // float dequantization of asym rounds once; allow a hair of slack on near-ties
+          const bool pickedAsym = scaleIsAsym(sb);
+          const double tol = 1e-6 * (l1s + l1a);
+          CHECK(pickedAsym ? l1a <= l1s + tol : l1s <= l1a + tol, "hybrid chose the larger L1 (sym %g asym %g picked %s)",
+                l1s, l1a, pickedAsym ? "asym" : "sym");
+        }
+      }
+  }
+}
+
+static float quantSigma(const float* x, int n, int j) {  // sigma of the 32-slice containing j, as the backend computes it
+  (void)n;
+  const int k = j / 32;
+  float m = 0;
+  for (int e = 0; e < 32; e++) m = std::fmax(m, std::fabs(x[k * 32 + e]));
+  return m / 127.0f;
+}
+
+static double worstRatio = 0;  // max over checks of err / allowed, reported
+
+static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const char* label) {
+  Cache c;
+  c.b = &b;
+  build(c, cf, rng);
+  const LayerView& v = c.v;
+  checkQuantization(c, Matrix::Keys);
+  checkQuantization(c, Matrix::Values);
+  const int T = v.tokens, Hq = v.qHeads, d = v.headDim, r = Hq / v.kvHeads, S = v.sinkCapacity;
+  std::normal_distribution<double> nd(0, 1);
+  std::vector<float> query((size_t)Hq * d);
+  for (auto& x : query) x = (float)(nd(rng) * (cf.heavy ? 3 : 1));
+  const double scale = 1.0 / std::sqrt((double)d);
+  const bool kI8 = cf.kf.orientation == kRowGrouped, vI8 = cf.vf.orientation == kColGrouped;
+
+  // ---- key scores
+  std::vector<float> scores((size_t)Hq * T, NAN);
+  CHECK(cpuKeyScores(b, v, query.data(), scores.data()) == Status::Ok, "cpuKeyScores");
+  std::vector<double> ref((size_t)Hq * T), bound((size_t)Hq * T);
+  double maxScoreBound = 0;
+  for (int hq = 0; hq < Hq; hq++) {
+    const int k = hq / r;
+    double magMax = 0;  // float paths: normwise relative error over the head's scores
+    std::vector<float> qf(d);  // folded scaled query, computed as the backend does (float)
+    for (int j = 0; j < d; j++) {
+      const float qs = query[(size_t)hq * d + j] * (float)scale;
+      qf[j] = v.keyNormHost ? qs * v.keyNormHost[(size_t)k * d + j] : qs;
+    }
+    for (int a = 0; a < T; a++) {
+      double acc = 0, mag = 0, i8 = 0;
+      bool inPage = false;
+      for (int j = 0; j < d; j++) {
+        const Deq e = element(c, Matrix::Keys, a, k, j);
+        const double qq = e.page ? (double)qf[j] : query[(size_t)hq * d + j] * scale;
+        acc += qq * e.x;
+        mag += std::fabs(qq * e.x);
+        if (e.page && kI8) i8 += std::fabs(e.x) * quantSigma(qf.data(), d, j) / 2;
+        inPage = inPage || e.page;
+      }
+      (void)inPage;
+      ref[(size_t)hq * T + a] = acc;
+      bound[(size_t)hq * T + a] = i8 * (1 + 1e-5);
+      magMax = std::fmax(magMax, mag);
+    }
+    for (int a = 0; a < T; a++) {
+      double& bnd = bound[(size_t)hq * T + a];
+      bnd += 1e-5 * magMax + 1e-30;
+      maxScoreBound = std::fmax(maxScoreBound, bnd);
+      const double err = std::fabs(scores[(size_t)hq * T + a] - ref[(size_t)hq * T + a]);
+      worstRatio = std::fmax(worstRatio, err / bnd);
+      CHECK(err <= bnd, "%s key score h%d t%d: got %.9g ref %.9g bound %.3g", label, hq, a, scores[(size_t)hq * T + a],
+            ref[(size_t)hq * T + a], bnd);
+    }
+  }
+
+  // ---- value sums with reference softmax weights (fp64 softmax of the reference scores)
+  std::vector<float> probs((size_t)Hq * T);
+  std::vector<double> pd((size_t)Hq * T);
+  for (int hq = 0; hq < Hq; hq++) {
+    double mx = -INFINITY, sum = 0;
+    for (int a = 0; a < T; a++) mx = std::fmax(mx, ref[(size_t)hq * T + a]);
+    for (int a = 0; a < T; a++) sum += (pd[(size_t)hq * T + a] = std::exp(ref[(size_t)hq * T + a] - mx));
+    for (int a = 0; a < T; a++) probs[(size_t)hq * T + a] = (float)(pd[(size_t)hq * T + a] /= sum);
+  }
+  std::vector<float> out((size_t)Hq * d, NAN);
+  CHECK(cpuValueSum(b, v, probs.data(), out.data()) == Status::Ok, "cpuValueSum");
+  std::vector<float> att((size_t)Hq * d, NAN);
+  CHECK(b.attend(v, query.data(), att.data()) == Status::Ok, "attend");
+  for (int hq = 0; hq < Hq; hq++) {
+    const int k = hq / r;
+    const float* pRow = probs.data() + (size_t)hq * T;
+    std::vector<double> acc(d, 0), i8(d, 0), accAtt(d, 0), magAtt(d, 0);
+    double magMax = 0, magAttMax = 0;
+    for (int j = 0; j < d; j++) {
+      double mag = 0;
+      for (int a = 0; a < T; a++) {
+        const Deq e = element(c, Matrix::Values, a, k, j);
+        acc[j] += (double)pRow[a] * e.x;
+        mag += std::fabs((double)pRow[a] * e.x);
+        accAtt[j] += pd[(size_t)hq * T + a] * e.x;
+        magAtt[j] += std::fabs(pd[(size_t)hq * T + a] * e.x);
+        if (e.page && vI8) i8[j] += std::fabs(e.x) * quantSigma(pRow + S, 0, a - S) / 2;
+      }
+      magMax = std::fmax(magMax, mag);
+      magAttMax = std::fmax(magAttMax, magAtt[j]);
+    }
+    for (int j = 0; j < d; j++) {
+      const double bnd = i8[j] * (1 + 1e-5) + 1e-5 * magMax + 1e-30;
+      const double err = std::fabs(out[(size_t)hq * d + j] - acc[j]);
+      worstRatio = std::fmax(worstRatio, err / bnd);
+      CHECK(err <= bnd, "%s value sum h%d j%d: got %.9g ref %.9g bound %.3g", label, hq, j, out[(size_t)hq * d + j], acc[j], bnd);
+      // attend: softmax perturbation by the score bound, plus the value bound (scaled to the true weights)
+      const double attBound =
+          (std::exp(2 * maxScoreBound) - 1) * magAttMax + (vI8 ? 1.02 * i8[j] : 0) + 1e-5 * magAttMax + 1e-30;
+      const double attErr = std::fabs(att[(size_t)hq * d + j] - accAtt[j]);
+      CHECK(attErr <= attBound, "%s attend h%d j%d: got %.9g ref %.9g bound %.3g", label, hq, j, att[(size_t)hq * d + j],
+            accAtt[j], attBound);
+      if (!kI8 && !vI8) worstRatio = std::fmax(worstRatio, attErr / attBound);
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  const unsigned long seed = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 12345;
+  std::mt19937_64 rng(seed);
+  const CpuFeatures feat = cpuFeatures();
+  std::printf("cpu: avx2 %d fma %d f16c %d threads %d, seed %lu\n", feat.avx2, feat.fma, feat.f16c, feat.threads, seed);
+  auto simd = makeCpuBackend(2, true);
+  auto portable = makeCpuBackend(2, false);
+  std::printf("kernels: %s / %s\n", cpuBackendKernels(*simd), cpuBackendKernels(*portable));
+  const int bitsList[] = {2, 3, 4, 8}, gList[] = {32, 64, 128}, dList[] = {64, 96, 128, 256}, rList[] = {1, 4, 8};
+  int counter = 0, configs = 0;
+  for (int method = 0; method < 3; method++)  // 0 InnerQ, 1 KIVI-style, 2 fp16 pages
+    for (int bits : bitsList)
+      for (int G : gList)
+        for (int mode = 0; mode < 3; mode++) {
+          if (method == 2 && (bits != 2 || G != 32 || mode)) continue;
+          counter++;
+          Config cf;
+          const int vbits = bitsList[(counter + 1) % 4];
+          if (method == 0) {
+            cf.kf = MatrixFormat{kRowGrouped, bits, G, mode};
+            cf.vf = MatrixFormat{kColGrouped, vbits, G, (mode + 1) % 3};
+          } else if (method == 1) {
+            cf.kf = MatrixFormat{kColGrouped, bits, G, mode};
+            cf.vf = MatrixFormat{kRowGrouped, vbits, G, (mode + 2) % 3};
+          } else {
+            cf.kf = MatrixFormat{kFp16Rows, 16, 32, 0};
+            cf.vf = MatrixFormat{kFp16Rows, 16, 32, 0};
+          }
+          int d = dList[counter % 4];
+          if (d % G) d = G == 128 ? 128 : 128;
+          if (d == 96 && G != 32) d = 128;
+          const int rr = rList[counter % 3];
+          cf.kvHeads = rr == 8 ? 1 : 2;
+          cf.qHeads = cf.kvHeads * rr;
+          cf.d = d;
+          cf.P = counter % 2 ? 128 : 256;
+          cf.S = counter % 4 == 0 ? 0 : (counter % 4 == 1 ? 5 : 32);
+          std::uniform_int_distribution<int> qd(1, 700);
+          const int colG = G;
+          int qK = qd(rng), qV = qd(rng);
+          if (cf.kf.orientation == kColGrouped) qK = qK / colG * colG;
+          if (cf.vf.orientation == kColGrouped) qV = qV / colG * colG;
+          if (counter % 11 == 0) qK = qV = 0;  // short prompt: all fp16
+          cf.qK = qK;
+          cf.qV = qV;
+          cf.extra = 1 + counter % 61;
+          cf.heavy = counter % 2 == 0;
+          cf.norm = method != 1 || counter % 3 == 0;
+          char label[160];
+          std::snprintf(label, sizeof label, "[m%d b%d/%d G%d mode%d d%d r%d S%d qK%d qV%d T+%d heavy%d]", method, bits,
+                        vbits, G, mode, d, rr, cf.S, qK, qV, cf.extra, cf.heavy);
+          std::mt19937_64 r1(rng()), r2 = r1;
+          runConfig(*simd, cf, r1, label);
+          runConfig(*portable, cf, r2, label);
+          configs++;
+        }
+  std::printf("%d configs x 2 kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, checks, failures,
+              worstRatio);
+  return failures ? 1 : 0;
+}
