@@ -80,31 +80,31 @@ __global__ void __launch_bounds__(128) scoresFp16Kernel(AttnParams p, int source
   for (int t0 = 0; t0 < c.count; t0 += tokensPerPass) {  // uniform bound: every lane reaches the shuffles
     const int t = t0 + tk;
     float acc[kMaxHeadsPerBlock];
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++) acc[h] = 0.f;
     if (t < c.count) {
       const uint4 raw = ldg128(base + (size_t)t * rowStride + sub * 8);
       float x[8];
       const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
+IQ_UNROLL
       for (int i = 0; i < 4; i++) {
         x[2 * i] = h2f((uint16_t)(w[i] & 0xffff));
         x[2 * i + 1] = h2f((uint16_t)(w[i] >> 16));
       }
-#pragma unroll
+IQ_UNROLL
       for (int h = 0; h < kMaxHeadsPerBlock; h++)
         if (h < hb) {
           const float* qh = q + h * d + sub * 8;
-#pragma unroll
+IQ_UNROLL
           for (int i = 0; i < 8; i++) acc[h] = fmaf(x[i], qh[i], acc[h]);
         }
     }
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++)
       if (h < hb)
         for (int o = lanesPerToken / 2; o > 0; o >>= 1) acc[h] += __shfl_xor_sync(kFullMask, acc[h], o, lanesPerToken);
     if (t < c.count && sub == 0)
-#pragma unroll
+IQ_UNROLL
       for (int h = 0; h < kMaxHeadsPerBlock; h++)
         if (h < hb) p.scores[(size_t)(h0 + h) * p.scoreStride + c.token + t] = acc[h];
   }
@@ -162,9 +162,9 @@ __global__ void __launch_bounds__(kScoreThreads) scoresRowGroupedKernel(AttnPara
     const int gb = unit * S::kUnitGroups;
     if (gb + S::kUnitGroups > g0 && gb < g1) {
       uint4 v[S::kUnitVectors];
-#pragma unroll
+IQ_UNROLL
       for (int k = 0; k < S::kUnitVectors; k++) v[k] = ldg128(codes + (size_t)unit * S::kUnitBytes + 16 * k);
-#pragma unroll
+IQ_UNROLL
       for (int ug = 0; ug < S::kUnitGroups; ug++) {
         const int gi = gb + ug;
         if (gi < g0 || gi >= g1) continue;
@@ -173,22 +173,22 @@ __global__ void __launch_bounds__(kScoreThreads) scoresRowGroupedKernel(AttnPara
         const bool asym = scaleIsAsym(sb);
         const float s = h2f((uint16_t)(sb & 0x7fff));
         float acc[kMaxHeadsPerBlock];
-#pragma unroll
+IQ_UNROLL
         for (int h = 0; h < kMaxHeadsPerBlock; h++) acc[h] = 0.f;
-#pragma unroll
+IQ_UNROLL
         for (int blk = 0; blk < G / 32; blk++) {
           float u[32];
           unpackBlock<BITS>(v, (ug * S::kGroupBytes + blk * Packing<BITS>::kBlockBytes) / 4, asym ? 0.f : center, u);
-#pragma unroll
+IQ_UNROLL
           for (int h = 0; h < kMaxHeadsPerBlock; h++)
             if (h < hb) {
               const float* qh = q + h * d + ch * G + blk * 32;
-#pragma unroll
+IQ_UNROLL
               for (int e = 0; e < 32; e++) acc[h] = fmaf(u[e], qh[e], acc[h]);
             }
         }
         const float z = asym && zeros ? h2f(__ldg(zeros + gi)) : 0.f;
-#pragma unroll
+IQ_UNROLL
         for (int h = 0; h < kMaxHeadsPerBlock; h++)
           if (h < hb) part[h * kTileGroups + (gi - ts)] = asym ? fmaf(s, acc[h], z * qsum[h * n + ch]) : s * acc[h];
       }
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kScoreThreads) scoresColGroupedKernel(AttnPara
     if (slot < c.keySlot) continue;
     const int tg = slot / G, e = slot % G;
     float acc[kMaxHeadsPerBlock];
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++) acc[h] = 0.f;
     for (int j = 0; j < d; j++) {
       const size_t gi = (size_t)tg * d + j;
@@ -237,11 +237,11 @@ __global__ void __launch_bounds__(kScoreThreads) scoresColGroupedKernel(AttnPara
       const uint16_t sb = __ldg(scales + gi);
       const float s = h2f((uint16_t)(sb & 0x7fff));
       const float x = scaleIsAsym(sb) ? fmaf(s, (float)u, zeros ? h2f(__ldg(zeros + gi)) : 0.f) : s * ((float)u - center);
-#pragma unroll
+IQ_UNROLL
       for (int h = 0; h < kMaxHeadsPerBlock; h++)
         if (h < hb) acc[h] = fmaf(x, q[h * d + j], acc[h]);
     }
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++)
       if (h < hb) p.scores[(size_t)(h0 + h) * p.scoreStride + c.token + (slot - c.keySlot)] = acc[h];
   }
@@ -317,31 +317,31 @@ __global__ void __launch_bounds__(kPvThreads) pvFp16Kernel(AttnParams p, int sou
   }
   const int unit = threadIdx.x % cu, lane = threadIdx.x / cu;
   float acc[kMaxHeadsPerBlock][8];
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++)
-#pragma unroll
+IQ_UNROLL
     for (int i = 0; i < 8; i++) acc[h][i] = 0.f;
   for (int t = lane; t < c.count; t += tl) {
     const uint4 raw = ldg128(base + (size_t)t * rowStride + unit * 8);
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
     float x[8];
-#pragma unroll
+IQ_UNROLL
     for (int i = 0; i < 4; i++) {
       x[2 * i] = h2f((uint16_t)(w[i] & 0xffff));
       x[2 * i + 1] = h2f((uint16_t)(w[i] >> 16));
     }
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++)
       if (h < hb) {
         const float pt = pbuf[h * kChunkTokens + t];
-#pragma unroll
+IQ_UNROLL
         for (int i = 0; i < 8; i++) acc[h][i] = fmaf(pt, x[i], acc[h][i]);
       }
   }
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++)
     if (h < hb) {
-#pragma unroll
+IQ_UNROLL
       for (int i = 0; i < 8; i++) red[lane * d + unit * 8 + i] = acc[h][i];
       __syncthreads();
       storePartial(p, red, tl, ci, h0 + h);
@@ -393,16 +393,16 @@ __global__ void __launch_bounds__(256) pvColGroupedKernel(AttnParams p) {
   const int unit = threadIdx.x % units, lane = threadIdx.x / units;
   const float center = (float)symOffset(BITS);
   float acc[kMaxHeadsPerBlock][S::kUnitGroups];
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++)
-#pragma unroll
+IQ_UNROLL
     for (int ug = 0; ug < S::kUnitGroups; ug++) acc[h][ug] = 0.f;
   for (int g = lane; g < groups; g += lanes) {
     const size_t tileUnit = ((size_t)(firstGroup + g) * d) / S::kUnitGroups + unit;  // d is a multiple of U
     uint4 v[S::kUnitVectors];
-#pragma unroll
+IQ_UNROLL
     for (int k = 0; k < S::kUnitVectors; k++) v[k] = ldg128(codes + tileUnit * S::kUnitBytes + 16 * k);
-#pragma unroll
+IQ_UNROLL
     for (int ug = 0; ug < S::kUnitGroups; ug++) {
       const size_t gi = tileUnit * S::kUnitGroups + ug;
       const uint16_t sb = __ldg(scales + gi);
@@ -410,29 +410,29 @@ __global__ void __launch_bounds__(256) pvColGroupedKernel(AttnParams p) {
       const float s = h2f((uint16_t)(sb & 0x7fff));
       const float z = asym && zeros ? h2f(__ldg(zeros + gi)) : 0.f;
       float dot[kMaxHeadsPerBlock];
-#pragma unroll
+IQ_UNROLL
       for (int h = 0; h < kMaxHeadsPerBlock; h++) dot[h] = 0.f;
-#pragma unroll
+IQ_UNROLL
       for (int blk = 0; blk < G / 32; blk++) {
         float u[32];
         unpackBlock<BITS>(v, (ug * S::kGroupBytes + blk * Packing<BITS>::kBlockBytes) / 4, asym ? 0.f : center, u);
-#pragma unroll
+IQ_UNROLL
         for (int h = 0; h < kMaxHeadsPerBlock; h++)
           if (h < hb) {
             const float* ph = pbuf + h * kPcap + g * G + blk * 32;
-#pragma unroll
+IQ_UNROLL
             for (int e = 0; e < 32; e++) dot[h] = fmaf(u[e], ph[e], dot[h]);
           }
       }
-#pragma unroll
+IQ_UNROLL
       for (int h = 0; h < kMaxHeadsPerBlock; h++)
         if (h < hb) acc[h][ug] += asym ? fmaf(s, dot[h], z * psum[h * PvColShape<BITS, G>::kMaxGroups + g]) : s * dot[h];
     }
   }
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++)
     if (h < hb) {
-#pragma unroll
+IQ_UNROLL
       for (int ug = 0; ug < S::kUnitGroups; ug++) red[lane * d + unit * S::kUnitGroups + ug] = acc[h][ug];
       __syncthreads();
       storePartial(p, red, lanes, ci, h0 + h);
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(256) pvRowGroupedKernel(AttnParams p) {
   const int j = threadIdx.x % d, lane = threadIdx.x / d, cg = j / G, e = j % G;
   const float center = (float)symOffset(BITS);
   float acc[kMaxHeadsPerBlock];
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++) acc[h] = 0.f;
   for (int t = lane; t < c.count; t += lanes) {
     const size_t gi = (size_t)(c.valueSlot + t) * n + cg;
@@ -473,11 +473,11 @@ __global__ void __launch_bounds__(256) pvRowGroupedKernel(AttnParams p) {
     const uint16_t sb = __ldg(scales + gi);
     const float s = h2f((uint16_t)(sb & 0x7fff));
     const float x = scaleIsAsym(sb) ? fmaf(s, (float)u, zeros ? h2f(__ldg(zeros + gi)) : 0.f) : s * ((float)u - center);
-#pragma unroll
+IQ_UNROLL
     for (int h = 0; h < kMaxHeadsPerBlock; h++)
       if (h < hb) acc[h] = fmaf(pbuf[h * kChunkTokens + t], x, acc[h]);
   }
-#pragma unroll
+IQ_UNROLL
   for (int h = 0; h < kMaxHeadsPerBlock; h++)
     if (h < hb) {
       red[lane * d + j] = acc[h];

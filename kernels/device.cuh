@@ -10,12 +10,14 @@
   extern __shared__ __align__(16) unsigned char iq_dynamic_smem[]; \
   T* name = reinterpret_cast<T*>(iq_dynamic_smem)
 #define IQ_EXPECT_DEVICE(p, what) ((void)0)
+#define IQ_UNROLL _Pragma("unroll")
 #elif defined(INNERQ_SIM)
 #include "../csrc/sim/cudasim.h"
 #define IQ_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::cudasim::launch(grid, block, smem, stream, [=]() { kernel(__VA_ARGS__); })
 #define IQ_DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::cudasim::dynamicShared())
 #define IQ_EXPECT_DEVICE(p, what) ::cudasim::expectDevice(p, what)
+#define IQ_UNROLL  // host compilers unroll on their own; g++ would warn about the CUDA pragma
 #else
 #error "kernels are compiled by nvcc, or by a host compiler with INNERQ_SIM (csrc/sim/cudasim.h)"
 #endif
@@ -75,12 +77,12 @@ struct Packing {
 template <int BITS>
 __device__ __forceinline__ void unpackBlock(const uint4* v, int base, float center, float* u) {
   if (BITS == 2 || BITS == 3) {
-#pragma unroll
+IQ_UNROLL
     for (int m = 0; m < 2; m++) {
       const uint32_t w = wordOf(v, base + m);
-#pragma unroll
+IQ_UNROLL
       for (int k = 0; k < 4; k++)
-#pragma unroll
+IQ_UNROLL
         for (int b = 0; b < 4; b++) {
           int code = (int)((w >> (8 * b + 2 * k)) & 3u);
           if (BITS == 3) code |= (int)((wordOf(v, base + 2) >> (8 * k + 4 * m + b)) & 1u) << 2;
@@ -88,20 +90,20 @@ __device__ __forceinline__ void unpackBlock(const uint4* v, int base, float cent
         }
     }
   } else if (BITS == 4) {
-#pragma unroll
+IQ_UNROLL
     for (int m = 0; m < 4; m++) {
       const uint32_t w = wordOf(v, base + m);
-#pragma unroll
+IQ_UNROLL
       for (int b = 0; b < 4; b++) {
         u[4 * m + b] = (float)((w >> (8 * b)) & 15u) - center;
         u[16 + 4 * m + b] = (float)((w >> (8 * b + 4)) & 15u) - center;
       }
     }
   } else {
-#pragma unroll
+IQ_UNROLL
     for (int m = 0; m < 8; m++) {
       const uint32_t w = wordOf(v, base + m);
-#pragma unroll
+IQ_UNROLL
       for (int b = 0; b < 4; b++) u[4 * m + b] = (float)((w >> (8 * b)) & 255u) - center;
     }
   }
@@ -126,12 +128,12 @@ __device__ __forceinline__ int codeAt(const uint8_t* block, int e) {
 }
 
 __device__ __forceinline__ float warpMax(float v) {
-#pragma unroll
+IQ_UNROLL
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ float warpSum(float v) {
-#pragma unroll
+IQ_UNROLL
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;
 }

@@ -20,17 +20,17 @@ struct QuantParams {
 };
 
 __device__ __forceinline__ double warpMaxD(double v) {
-#pragma unroll
+IQ_UNROLL
   for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ double warpMinD(double v) {
-#pragma unroll
+IQ_UNROLL
   for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ double warpSumD(double v) {  // exact for the sums involved: order-free
-#pragma unroll
+IQ_UNROLL
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;
 }

@@ -20,9 +20,6 @@
 #error "cudasim.h is for host compilers only; nvcc uses the real CUDA headers"
 #endif
 
-// Kernel source carries `#pragma unroll` for nvcc; the host compiler may ignore it silently.
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
