@@ -363,7 +363,7 @@ struct PvColShape {
 };
 
 template <int BITS, int G>
-__global__ void __launch_bounds__(256) pvColGroupedKernel(AttnParams p) {
+__global__ void __launch_bounds__(256, 1) pvColGroupedKernel(AttnParams p) {
   using S = typename PvColShape<BITS, G>::Row;
   constexpr int kPcap = PvColShape<BITS, G>::kPcap;
   const int ci = p.list[blockIdx.x];

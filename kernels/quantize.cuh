@@ -43,7 +43,9 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
                                                   uint16_t* scale, uint16_t* zero) {
   const int lane = threadIdx.x & 31;
   double maxAbs = 0, lo = x[0], hi = x[0];
-  for (int k = 0; k < blocks; k++) {
+  IQ_UNROLL
+  for (int k = 0; k < kMaxBlocksPerGroup; k++) {  // fully unrolled + guarded: x[] stays in registers
+    if (k >= blocks) break;
     maxAbs = fmax(maxAbs, fabs(x[k]));
     lo = fmin(lo, x[k]);
     hi = fmax(hi, x[k]);
@@ -52,7 +54,9 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
   lo = warpMinD(lo);
   hi = warpMaxD(hi);
   bool mine = true;
-  for (int k = 0; k < blocks; k++) {
+  IQ_UNROLL
+  for (int k = 0; k < kMaxBlocksPerGroup; k++) {
+    if (k >= blocks) break;
     const double a = fabs(x[k]);
     if (a != 0 && a != maxAbs) mine = false;
   }
@@ -65,7 +69,9 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
   bool asym = mode == kAsym;
   if (mode == kHybrid) {
     double l1s = 0, l1a = 0;
-    for (int k = 0; k < blocks; k++) {
+    IQ_UNROLL
+    for (int k = 0; k < kMaxBlocksPerGroup; k++) {
+      if (k >= blocks) break;
       l1s += fabs(x[k] - symmetricValue(symmetricCode(x[k], ss, bits), ss, bits));
       l1a += fabs(x[k] - asymmetricValue(asymmetricCode(x[k], sa, za, bits), sa, za));
     }
@@ -74,15 +80,20 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
     asym = l1a < l1s;  // ties go to symmetric, as in quantizeGroup
   }
   const int bb = blockBytes(bits);
-  for (int k = 0; k < blocks; k++) {
+  IQ_UNROLL
+  for (int k = 0; k < kMaxBlocksPerGroup; k++) {
+    if (k >= blocks) break;
     const int u = asym ? asymmetricCode(x[k], sa, za, bits) : symmetricCode(x[k], ss, bits);
     uint32_t plane[8];
+    IQ_UNROLL
     for (int b = 0; b < 8; b++) plane[b] = b < bits ? __ballot_sync(kFullMask, (u >> b) & 1) : 0u;
     if (lane < bb) {
       uint32_t byte = 0;
       if (bits == 8) {
+        IQ_UNROLL
         for (int b = 0; b < 8; b++) byte |= ((plane[b] >> lane) & 1u) << b;           // byte e = u[e]
       } else if (bits == 4) {
+        IQ_UNROLL
         for (int b = 0; b < 4; b++)
           byte |= (((plane[b] >> lane) & 1u) << b) | (((plane[b] >> (lane + 16)) & 1u) << (4 + b));  // u[i] | u[i+16] << 4
       } else if (lane < 8) {
@@ -115,7 +126,8 @@ __global__ void __launch_bounds__(128) quantizeRowGroupedKernel(QuantParams p) {
   const int row = (int)(gid / ((long long)p.kvHeads * n)), head = (int)(gid / n % p.kvHeads), cg = (int)(gid % n);
   const int lane = threadIdx.x & 31;
   double x[kMaxBlocksPerGroup];
-  for (int k = 0; k < blocks; k++) x[k] = loadElement(p, row, head, cg * p.m.groupSize + 32 * k + lane);
+  IQ_UNROLL
+  for (int k = 0; k < kMaxBlocksPerGroup; k++) x[k] = k < blocks ? loadElement(p, row, head, cg * p.m.groupSize + 32 * k + lane) : 0.0;
   const int qi = p.firstQuantized + row;
   uint8_t* page = p.pages[qi / p.pageTokens - p.firstQuantized / p.pageTokens];
   const size_t gi = (size_t)(qi % p.pageTokens) * n + cg;
@@ -135,7 +147,8 @@ __global__ void __launch_bounds__(128) quantizeColGroupedKernel(QuantParams p) {
   const int tgi = (int)(gid / ((long long)p.kvHeads * d)), head = (int)(gid / d % p.kvHeads), j = (int)(gid % d);
   const int lane = threadIdx.x & 31;
   double x[kMaxBlocksPerGroup];
-  for (int k = 0; k < blocks; k++) x[k] = loadElement(p, tgi * G + 32 * k + lane, head, j);
+  IQ_UNROLL
+  for (int k = 0; k < kMaxBlocksPerGroup; k++) x[k] = k < blocks ? loadElement(p, tgi * G + 32 * k + lane, head, j) : 0.0;
   const int qi = p.firstQuantized + tgi * G;
   uint8_t* page = p.pages[qi / p.pageTokens - p.firstQuantized / p.pageTokens];
   const size_t gi = (size_t)((qi % p.pageTokens) / G) * d + j;
