@@ -183,6 +183,12 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
   for (; h < r; h++) wsumFp16T<1, 4>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
 }
 
+// Fast InnerQ paths for G = 32 (defined below, after the generic kernels).
+template <int BITS>
+void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds);
+template <int BITS>
+void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int r, float* out);
+
 // ---------------------------------------------------------------------------------------------------------
 // InnerQ keys, integer path. 8 tokens at a time: for each 32-channel slice, unpack the 8 tokens' blocks once,
 // then per query head 8 maddubs/madd dot products and one hadd tree give D for the 8 tokens in 8 lanes;
@@ -231,6 +237,11 @@ void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t
 
 void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
+  if (f.groupSize == 32 && d % 128 == 0) {
+    if (f.bits == 2) return scoresRowI8Fast<2>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 3) return scoresRowI8Fast<3>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 4) return scoresRowI8Fast<4>(m, d, t0, t1, q, r, s, lds);
+  }
   switch (f.bits) {
     case 2: return scoresRowI8T<2>(m, f, d, t0, t1, q, r, s, lds);
     case 3: return scoresRowI8T<3>(m, f, d, t0, t1, q, r, s, lds);
@@ -273,12 +284,217 @@ void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
 }
 
 void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+  if (f.groupSize == 32) {
+    if (f.bits == 2) return wsumColI8Fast<2>(m, d, g0, g1, p, r, out);
+    if (f.bits == 3) return wsumColI8Fast<3>(m, d, g0, g1, p, r, out);
+    if (f.bits == 4) return wsumColI8Fast<4>(m, d, g0, g1, p, r, out);
+  }
   switch (f.bits) {
     case 2: return wsumColI8T<2>(m, f, d, g0, g1, p, r, out);
     case 3: return wsumColI8T<3>(m, f, d, g0, g1, p, r, out);
     case 4: return wsumColI8T<4>(m, f, d, g0, g1, p, r, out);
     default: return wsumColI8T<8>(m, f, d, g0, g1, p, r, out);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// InnerQ fast path for G = 32 and 2/3/4 bits: "lane = block" layout, no per-block horizontal reduction.
+//
+// Four consecutive 32-code blocks (4 groups of one token for keys, 4 channels of one token group for values)
+// are unpacked into four vectors c[k], k = 0..3, whose 64-bit lane L holds codes 8k..8k+7 of block ord[L] as
+// bytes. The activation vector for k holds the matching 8 int8 activations in each lane, so
+// Σ_k maddubs(c[k], a[k]) accumulates, per lane, the dot product of that block in int16 (8 products of at most
+// 15*127 per int16 lane: <= 15240 < 32767 for 4-bit), and one madd leaves 2 int32 per block. One hadd of two
+// such quads (two tokens, or channels j..j+3 and j+4..j+7) yields the 8 block dot products D in 8 lanes, in the
+// lane order kLanePerm below; scales are permuted into the same order once per 8 blocks (shared by all heads).
+// The 2-bit block layout makes c[k] a plain 64-bit shift + mask of one 32-byte load; 3-bit adds the high plane
+// (its byte k expanded bit -> byte by pshufb/and/cmpeq); 4-bit interleaves two 32-byte loads with unpack(lo|hi)_epi64,
+// which is why its lane order of blocks is (0, 2, 1, 3).
+template <int BITS>
+inline void loadQuad(const uint8_t* p, __m256i c[4]);
+
+template <>
+inline void loadQuad<2>(const uint8_t* p, __m256i c[4]) {
+  const __m256i v = _mm256_loadu_si256((const __m256i*)p), m = _mm256_set1_epi8(3);
+  c[0] = _mm256_and_si256(v, m);
+  c[1] = _mm256_and_si256(_mm256_srli_epi64(v, 2), m);
+  c[2] = _mm256_and_si256(_mm256_srli_epi64(v, 4), m);
+  c[3] = _mm256_and_si256(_mm256_srli_epi64(v, 6), m);
+}
+
+template <>
+inline void loadQuad<3>(const uint8_t* p, __m256i c[4]) {
+  // 4 blocks of 12 bytes = dwords 0..11: block g has its 2-bit plane in dwords 3g, 3g+1 and its high plane in 3g+2.
+  const __m256i L0 = _mm256_loadu_si256((const __m256i*)p);         // dwords 0..7
+  const __m256i L1 = _mm256_loadu_si256((const __m256i*)(p + 16));  // dwords 4..11
+  const __m256i lo = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(L0, _mm256_setr_epi32(0, 1, 3, 4, 6, 7, 0, 0)),
+                                        _mm256_permutevar8x32_epi32(L1, _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 5, 6)), 0xC0);
+  // high plane of block g into the low dword of 64-bit lane g
+  const __m256i H = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(L0, _mm256_setr_epi32(2, 2, 5, 5, 0, 0, 0, 0)),
+                                       _mm256_permutevar8x32_epi32(L1, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 7, 7)), 0xF0);
+  const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL), m3 = _mm256_set1_epi8(3),
+                four = _mm256_set1_epi8(4);
+  for (int k = 0; k < 4; k++) {
+    // byte k of the high plane holds bit 2 of codes 8k..8k+7; copy it to the 8 bytes of its lane
+    const char a = (char)k, b = (char)(8 + k);
+    const __m256i sel = _mm256_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a, b, b, b,
+                                         b, b, b, b, b);
+    const __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(H, sel), bit), bit);
+    c[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi64(lo, 2 * k), m3), _mm256_and_si256(h, four));
+  }
+}
+
+template <>
+inline void loadQuad<4>(const uint8_t* p, __m256i c[4]) {
+  const __m256i v0 = _mm256_loadu_si256((const __m256i*)p), v1 = _mm256_loadu_si256((const __m256i*)(p + 32));
+  const __m256i m = _mm256_set1_epi8(15);
+  const __m256i lo0 = _mm256_and_si256(v0, m), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), m);
+  const __m256i lo1 = _mm256_and_si256(v1, m), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), m);
+  c[0] = _mm256_unpacklo_epi64(lo0, lo1);  // codes 0..7 of blocks (0, 2 | 1, 3)
+  c[1] = _mm256_unpackhi_epi64(lo0, lo1);  // codes 8..15
+  c[2] = _mm256_unpacklo_epi64(hi0, hi1);  // codes 16..23
+  c[3] = _mm256_unpackhi_epi64(hi0, hi1);  // codes 24..31
+}
+
+template <int BITS>
+constexpr int blockOrder(int lane) {
+  return BITS == 4 ? (lane == 1 ? 2 : lane == 2 ? 1 : lane) : lane;
+}
+
+// lane i of hadd(quadDot(A), quadDot(B)) = block kLanePerm[i] of the 8 blocks A0..A3, B0..B3:
+// 128-bit half i>>2, quad (i>>1)&1, lane-in-quad L = (i&1) + 2*(i>>2), block = 4*quad + blockOrder(L).
+template <int BITS>
+constexpr int lanePerm(int i) {
+  return 4 * ((i >> 1) & 1) + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
+}
+
+template <int BITS>
+inline __m128i halfPermMask() {  // pshufb mask putting 8 binary16 values into lanePerm order
+  alignas(16) char b[16];
+  for (int i = 0; i < 8; i++) {
+    b[2 * i] = (char)(2 * lanePerm<BITS>(i));
+    b[2 * i + 1] = (char)(2 * lanePerm<BITS>(i) + 1);
+  }
+  return _mm_load_si128((const __m128i*)b);
+}
+
+inline __m256i quadDot(const __m256i c[4], const __m256i* a) {
+  __m256i s = _mm256_maddubs_epi16(c[0], _mm256_load_si256(a));
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[1], _mm256_load_si256(a + 1)));
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], _mm256_load_si256(a + 2)));
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[3], _mm256_load_si256(a + 3)));
+  return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
+// Keys: 8 tokens per step, processed as 4 token pairs; per pair and quad of groups one hadd gives the 8
+// (token, group) dot products; after 4 pairs, a small hadd tree sums each token's groups.
+template <int BITS>
+void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+  const int n = d / 32, nq = n / 4, bb = blockBytes(BITS), rowBytes = n * bb;
+  alignas(32) int8_t act[kMaxHeadBlock * 2 * 4 * 32];
+  alignas(32) float sg[kMaxHeadBlock * 2 * 8], sS[kMaxHeadBlock * 2 * 8];
+  for (int h = 0; h < r; h++)
+    for (int qd = 0; qd < nq; qd++) {
+      for (int k = 0; k < 4; k++)
+        for (int L = 0; L < 4; L++)
+          std::memcpy(act + (((h * nq + qd) * 4 + k) * 32) + 8 * L,
+                      q.q + h * q.ldq + (4 * qd + blockOrder<BITS>(L)) * 32 + 8 * k, 8);
+      for (int i = 0; i < 8; i++) {
+        const int g = 4 * qd + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
+        sg[(h * nq + qd) * 8 + i] = q.sigma[h * q.lds + g];
+        sS[(h * nq + qd) * 8 + i] = q.sigmaSum[h * q.lds + g];
+      }
+    }
+  const __m128i hperm = halfPermMask<BITS>();
+  const float off = (float)symOffset(BITS);
+  alignas(32) float pairAcc[kMaxHeadBlock][4][8];
+  for (int tb = t0; tb < t1; tb += 8) {
+    const int cnt = t1 - tb < 8 ? t1 - tb : 8;
+    for (int p = 0; p < 4; p++) {
+      const int ta = tb + (2 * p < cnt ? 2 * p : cnt - 1), tc = tb + (2 * p + 1 < cnt ? 2 * p + 1 : cnt - 1);
+      __m256 acc[kMaxHeadBlock];
+      for (int h = 0; h < r; h++) acc[h] = _mm256_setzero_ps();
+      for (int qd = 0; qd < nq; qd++) {
+        const size_t ia = (size_t)ta * n + 4 * qd, ic = (size_t)tc * n + 4 * qd;
+        const __m128i sc = _mm_shuffle_epi8(
+            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)(m.scales + ia)), _mm_loadl_epi64((const __m128i*)(m.scales + ic))),
+            hperm);
+        __m128i zc = _mm_setzero_si128();
+        if (m.zeros)
+          zc = _mm_shuffle_epi8(
+              _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)(m.zeros + ia)), _mm_loadl_epi64((const __m128i*)(m.zeros + ic))),
+              hperm);
+        __m256 a, bz;
+        params8(sc, m.zeros, zc, off, a, bz);
+        __m256i ca[4], cc[4];
+        loadQuad<BITS>(m.codes + (size_t)ta * rowBytes + (size_t)qd * 4 * bb, ca);
+        loadQuad<BITS>(m.codes + (size_t)tc * rowBytes + (size_t)qd * 4 * bb, cc);
+        for (int h = 0; h < r; h++) {
+          const __m256i* A = (const __m256i*)(act + (h * nq + qd) * 128);
+          const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A)));
+          acc[h] = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_load_ps(sg + (h * nq + qd) * 8)), acc[h]);
+          acc[h] = _mm256_fmadd_ps(bz, _mm256_load_ps(sS + (h * nq + qd) * 8), acc[h]);
+        }
+      }
+      for (int h = 0; h < r; h++) _mm256_store_ps(pairAcc[h][p], acc[h]);
+    }
+    for (int h = 0; h < r; h++) {
+      // pair p lanes: [t0 L0, t0 L1, t1 L0, t1 L1 | t0 L2, t0 L3, t1 L2, t1 L3]; sum each token's lanes
+      const __m256 x01 = _mm256_hadd_ps(_mm256_load_ps(pairAcc[h][0]), _mm256_load_ps(pairAcc[h][1]));
+      const __m256 x23 = _mm256_hadd_ps(_mm256_load_ps(pairAcc[h][2]), _mm256_load_ps(pairAcc[h][3]));
+      const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(x01, x23, 0x20), _mm256_permute2f128_ps(x01, x23, 0x31));
+      float* o = s + h * lds + (tb - t0);
+      if (cnt == 8) {
+        _mm256_storeu_ps(o, res);
+      } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, res);
+        for (int i = 0; i < cnt; i++) o[i] = tmp[i];
+      }
+    }
+  }
+}
+
+// Values: per token group, 8 channels per step (two quads of consecutive channel blocks); the probability
+// slice's 8-token pieces are broadcast to every lane. Accumulates in lanePerm order, un-permuted at the end.
+template <int BITS>
+void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+  const int bb = blockBytes(BITS);
+  alignas(32) float acc[kMaxHeadBlock * kMaxHeadDim];
+  std::memset(acc, 0, sizeof(float) * r * d);
+  alignas(32) int64_t act[kMaxHeadBlock][4][4];
+  const __m128i hperm = halfPermMask<BITS>();
+  const float off = (float)symOffset(BITS);
+  for (int tg = g0; tg < g1; tg++) {
+    for (int h = 0; h < r; h++)
+      for (int k = 0; k < 4; k++) {
+        int64_t w;
+        std::memcpy(&w, p.q + h * p.ldq + tg * 32 + 8 * k, 8);
+        act[h][k][0] = act[h][k][1] = act[h][k][2] = act[h][k][3] = w;
+      }
+    for (int jb = 0; jb < d; jb += 8) {
+      const size_t gi = (size_t)tg * d + jb;
+      const __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(m.scales + gi)), hperm);
+      const __m128i zc = m.zeros ? _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(m.zeros + gi)), hperm) : _mm_setzero_si128();
+      __m256 a, bz;
+      params8(sc, m.zeros, zc, off, a, bz);
+      __m256i ca[4], cc[4];
+      loadQuad<BITS>(m.codes + gi * bb, ca);
+      loadQuad<BITS>(m.codes + (gi + 4) * bb, cc);
+      for (int h = 0; h < r; h++) {
+        const __m256i* A = (const __m256i*)act[h];
+        const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A)));
+        float* o = acc + h * d + jb;
+        __m256 x = _mm256_load_ps(o);
+        x = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(p.sigma + h * p.lds + tg)), x);
+        x = _mm256_fmadd_ps(bz, _mm256_broadcast_ss(p.sigmaSum + h * p.lds + tg), x);
+        _mm256_store_ps(o, x);
+      }
+    }
+  }
+  for (int h = 0; h < r; h++)
+    for (int jb = 0; jb < d; jb += 8)
+      for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS>(i)] += acc[h * d + jb + i];
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -415,6 +415,31 @@ int main(int argc, char** argv) {
           runConfig(*portable, cf, r2, label);
           configs++;
         }
+  // The G = 32 fast paths (lane-per-block InnerQ kernels) at the production shapes, every bit width and head ratio.
+  for (int bits : {2, 3, 4})
+    for (int d : {128, 256})
+      for (int rr : {1, 4, 8}) {
+        counter++;
+        Config cf;
+        cf.kf = MatrixFormat{kRowGrouped, bits, 32, counter % 3};
+        cf.vf = MatrixFormat{kColGrouped, 2 + (counter % 3), 32, (counter + 1) % 3};
+        cf.kvHeads = rr == 8 ? 1 : 2;
+        cf.qHeads = cf.kvHeads * rr;
+        cf.d = d;
+        cf.P = 128;
+        cf.S = 32;
+        cf.qK = 200 + counter * 7 % 300;
+        cf.qV = (200 + counter * 13 % 300) / 32 * 32;
+        cf.extra = 3 + counter % 40;
+        cf.heavy = counter % 2;
+        cf.norm = true;
+        char label[160];
+        std::snprintf(label, sizeof label, "[fast b%d/%d d%d r%d qK%d qV%d]", bits, cf.vf.bits, d, rr, cf.qK, cf.qV);
+        std::mt19937_64 r1(rng()), r2 = r1;
+        runConfig(*simd, cf, r1, label);
+        runConfig(*portable, cf, r2, label);
+        configs++;
+      }
   std::printf("%d configs x 2 kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, checks, failures,
               worstRatio);
   return failures ? 1 : 0;
