@@ -571,29 +571,26 @@ void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
   }
 }
 
-// KIVI-style values (kRowGrouped), float path. Per tile of tokens: fold p~[h][g][t] = p[h][t]*a[t][g] and the
-// zero points into one constant per (h, g); then per 32-channel block and 16-channel half, the tile's codes are
-// converted and FMA'd with broadcast p~ into 2 x HB register accumulators (16 channels x HB heads).
-template <int BITS, int HB>
-void rowValuesPass(const uint8_t* codes, int n, int gb, int g, int sl, int bb, int cnt, const float* pt, float* out,
-                   int d, int ch0) {
-  constexpr int kTile = 64;
+// KIVI-style values (kRowGrouped), float path. The scale of a token's channel group varies per token, so folding
+// it into p (p~ = p*a) would cost a scalar multiply per (token, group, head); instead each 32-code block is
+// dequantized ONCE (x^ = a*u + bz: convert + one FMA per 8 codes) into an L1 tile shared by all r query heads, and
+// the heads stream the tile with one FMA per code each, 16 channels x up to 4 heads of accumulators in registers.
+template <int HB>
+void rowValuesTile(const float* xt, int cnt, const float* p, size_t ldp, float* out /* [HB][32] */) {
   for (int half = 0; half < 2; half++) {
-    const int j = ch0 + half * 16;
     __m256 acc[HB][2];
-    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();  // per-tile partials (see wsumFp16T)
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
     for (int t = 0; t < cnt; t++) {
-      __m256 f0, f1;
-      codesToFloat16(unpack32<BITS>(codes + ((size_t)t * n + g) * gb + (size_t)sl * bb), half, f0, f1);
+      const __m256 x0 = _mm256_load_ps(xt + t * 32 + half * 16), x1 = _mm256_load_ps(xt + t * 32 + half * 16 + 8);
       for (int h = 0; h < HB; h++) {
-        const __m256 w = _mm256_broadcast_ss(pt + h * kTile + t);
-        acc[h][0] = _mm256_fmadd_ps(w, f0, acc[h][0]);
-        acc[h][1] = _mm256_fmadd_ps(w, f1, acc[h][1]);
+        const __m256 w = _mm256_broadcast_ss(p + h * ldp + t);
+        acc[h][0] = _mm256_fmadd_ps(w, x0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, x1, acc[h][1]);
       }
     }
-    for (int h = 0; h < HB; h++) {
-      _mm256_storeu_ps(out + h * d + j, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j), acc[h][0]));
-      _mm256_storeu_ps(out + h * d + j + 8, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j + 8), acc[h][1]));
+    for (int h = 0; h < HB; h++) {  // tile partials; the caller adds them to out (two-level summation)
+      _mm256_storeu_ps(out + h * 2 * 16 + half * 16, acc[h][0]);
+      _mm256_storeu_ps(out + h * 2 * 16 + half * 16 + 8, acc[h][1]);
     }
   }
 }
@@ -604,38 +601,38 @@ void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, 
   constexpr int kTile = 64;
   const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
   const float off = (float)symOffset(BITS);
-  alignas(32) float pt[kMaxHeadBlock * kTile];  // p~ for one channel group g: [h][t]
-  double cz[kMaxHeadBlock][kMaxHeadDim / 32] = {};  // Σ_t p*bz per (h, g); double: it cancels against Σ p~*u
+  alignas(32) float xt[kTile * 32];               // dequantized tile: [token][32 channels]
+  alignas(32) float part[kMaxHeadBlock * 32];     // per-head partial sums of the tile for the 32 channels
   for (int tt = t0; tt < t1; tt += kTile) {
     const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
-    const uint8_t* codes = m.codes + (size_t)tt * n * gb;
     for (int g = 0; g < n; g++) {
-      for (int t = 0; t < cnt; t++) {
-        const size_t gi = (size_t)(tt + t) * n + g;
-        const uint16_t sb = m.scales[gi];
-        const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
-        const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
-        for (int h = 0; h < r; h++) {
-          const float w = p[h * ldp + (tt - t0) + t];
-          pt[h * kTile + t] = w * a;
-          cz[h][g] += (double)w * bz;
-        }
-      }
       for (int sl = 0; sl < spg; sl++) {
-        const int ch0 = g * G + sl * 32;
+        for (int t = 0; t < cnt; t++) {
+          const size_t gi = (size_t)(tt + t) * n + g;
+          const uint16_t sb = m.scales[gi];
+          const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
+          const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
+          const __m256 av = _mm256_set1_ps(a), bv = _mm256_set1_ps(bz);
+          const __m256i c = unpack32<BITS>(m.codes + gi * gb + (size_t)sl * bb);
+          const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
+          _mm256_store_ps(xt + t * 32, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), bv));
+          _mm256_store_ps(xt + t * 32 + 8, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), bv));
+          _mm256_store_ps(xt + t * 32 + 16, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), bv));
+          _mm256_store_ps(xt + t * 32 + 24, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), bv));
+        }
+        const float* pt = p + (tt - t0);
         int h = 0;
-        for (; h + 4 <= r; h += 4) rowValuesPass<BITS, 4>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
-        for (; h + 2 <= r; h += 2) rowValuesPass<BITS, 2>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
-        for (; h < r; h++) rowValuesPass<BITS, 1>(codes, n, gb, g, sl, bb, cnt, pt + h * kTile, out + h * d, d, ch0);
+        for (; h + 4 <= r; h += 4) rowValuesTile<4>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h + 2 <= r; h += 2) rowValuesTile<2>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h < r; h++) rowValuesTile<1>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        const int ch0 = g * G + sl * 32;
+        for (h = 0; h < r; h++)
+          for (int j = 0; j < 32; j += 8)
+            _mm256_storeu_ps(out + h * d + ch0 + j,
+                             _mm256_add_ps(_mm256_loadu_ps(out + h * d + ch0 + j), _mm256_load_ps(part + h * 32 + j)));
       }
     }
   }
-  for (int h = 0; h < r; h++)
-    for (int g = 0; g < n; g++) {
-      const __m256 cv = _mm256_set1_ps((float)cz[h][g]);
-      for (int j = g * G; j < (g + 1) * G; j += 8)
-        _mm256_storeu_ps(out + h * d + j, _mm256_add_ps(_mm256_loadu_ps(out + h * d + j), cv));
-    }
 }
 
 void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
