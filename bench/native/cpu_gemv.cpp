@@ -14,6 +14,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <time.h>
 #include <vector>
 
 #include "../../csrc/cpu/cpu_backend.h"
@@ -155,28 +156,36 @@ int main(int argc, char** argv) {
         b.quantizeRows(v, Matrix::Values, &V[(size_t)S * kvH * d], 0, quant);
       }
     }
-    double lastMin = 0;
+    double lastMin = 0, lastCpu = 0;
     auto timeIt = [&](auto&& fn) {
-      std::vector<double> per;
+      std::vector<double> per, cpu;
       for (int s = 0; s < sweeps + 1; s++) {
+        timespec c0, c1;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
         const auto t0 = Clock::now();
         for (int l = 0; l < layers; l++) fn(L[l].v);
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / layers;
-        if (s) per.push_back(ms);  // first sweep warms up
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+        if (s) {  // first sweep warms up
+          per.push_back(ms);
+          cpu.push_back(((c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6) / layers);
+        }
       }
       lastMin = minimum(per);
+      lastCpu = median(cpu);
       return median(per);
     };
     const double kMs = timeIt([&](const LayerView& v) { cpuKeyScores(b, v, query.data(), scores.data()); });
-    const double kMin = lastMin;
+    const double kMin = lastMin, kCpu = lastCpu;
     const double vMs = timeIt([&](const LayerView& v) { cpuValueSum(b, v, probs.data(), out.data()); });
-    const double vMin = lastMin;
+    const double vMin = lastMin, vCpu = lastCpu;
     const double kvMs = timeIt([&](const LayerView& v) { b.attend(v, query.data(), out.data()); });
-    const double kvMin = lastMin;
+    const double kvMin = lastMin, kvCpu = lastCpu;
     if (m.name == "fp16") fp16KV = kvMs;
-    std::printf("%-16s %7d %9.2f | %9.3f %7.1f | %9.3f %7.1f | %9.3f %7.1f   x%.2f vs fp16  (min K %.3f V %.3f K+V %.3f)\n",
+    std::printf("%-16s %7d %9.2f | %9.3f %7.1f | %9.3f %7.1f | %9.3f %7.1f   x%.2f vs fp16  (min K %.3f V %.3f K+V %.3f; cpu ms K %.3f V %.3f K+V %.3f)\n",
                 m.name.c_str(), layers, layerBytes / 1048576.0, kMs, kBytes / kMs / 1e6, vMs, vBytes / vMs / 1e6, kvMs,
-                (kBytes + vBytes) / kvMs / 1e6, fp16KV / kvMs, kMin, vMin, kvMin);
+                (kBytes + vBytes) / kvMs / 1e6, fp16KV / kvMs, kMin, vMin, kvMin, kCpu, vCpu,
+                kvCpu);
     for (auto& l : L)
       for (auto p : l.pages) b.release(p);
   }

@@ -3,7 +3,8 @@
 // attend() for one layer runs three parallel phases over a persistent pool:
 //   1. key scores:  items = (kv head, token chunk); each item walks the sink, the pages and the ring of its
 //                   chunk and writes the logits of all r query heads of its kv head (one pass over the codes).
-//   2. softmax:     items = query heads; vectorised exp; the InnerQ value path also quantizes p to int8 here.
+//   2. softmax:     items = query heads; vectorised exp, unnormalized (the outputs are divided by the sum at the
+//                   end); the InnerQ value path also quantizes the weights to int8 here.
 //   3. value sums:  same items as phase 1; each writes a private partial [r][d]; the caller merges them.
 // Chunk boundaries lie at S + k*C with C a multiple of 128, so they never split a token group of any G.
 #include "cpu_backend.h"
@@ -183,7 +184,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const Kernels* k_;
   std::mutex callMu_;
-  AlignedBuf<float> qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
+  AlignedBuf<float> invSum_, qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
   AlignedBuf<int8_t> qI8_, pI8_;
   size_t pLd_ = 0;  // row stride of pI8_ (quantizedValues rounded up to 32)
 };
@@ -404,11 +405,14 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
       pSig_.get(pLd_ / 32 * v.qHeads);
       pSigS_.get(pLd_ / 32 * v.qHeads);
     }
+    float* inv = invSum_.get((size_t)v.qHeads);
     pool_.run(v.qHeads, [&](int h, int) {
-      k_->softmax(s + (size_t)h * v.tokens, v.tokens);
-      if (i8) prepareProbsI8(v, s, h);
+      inv[h] = 1.0f / k_->softmaxExp(s + (size_t)h * v.tokens, v.tokens);
+      if (i8) prepareProbsI8(v, s, h);  // int8 quantization is scale-invariant: unnormalized weights are fine
     });
     valuePhase(v, s, out);
+    for (int h = 0; h < v.qHeads; h++)
+      for (int j = 0; j < v.headDim; j++) out[(size_t)h * v.headDim + j] *= inv[h];
   } catch (const std::bad_alloc&) {
     return Status::OutOfMemory;
   }

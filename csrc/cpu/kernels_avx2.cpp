@@ -673,21 +673,47 @@ inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(tiny, y);
 }
 
-void softmax(float* s, int n) {
-  __m256 mv = _mm256_set1_ps(-INFINITY);
+float softmaxExp(float* s, int n) {
+  __m256 mv = _mm256_set1_ps(-INFINITY), mv2 = mv, mv3 = mv, mv4 = mv;  // 4 chains hide the max latency
   int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+    mv2 = _mm256_max_ps(mv2, _mm256_loadu_ps(s + i + 8));
+    mv3 = _mm256_max_ps(mv3, _mm256_loadu_ps(s + i + 16));
+    mv4 = _mm256_max_ps(mv4, _mm256_loadu_ps(s + i + 24));
+  }
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+  mv = _mm256_max_ps(_mm256_max_ps(mv, mv2), _mm256_max_ps(mv3, mv4));
   alignas(32) float tmp[8];
   _mm256_store_ps(tmp, mv);
   float mx = tmp[0];
   for (int k = 1; k < 8; k++) mx = tmp[k] > mx ? tmp[k] : mx;
   for (int k = i; k < n; k++) mx = s[k] > mx ? s[k] : mx;
   const __m256 m8 = _mm256_set1_ps(mx);
-  __m256 sum = _mm256_setzero_ps();
-  for (i = 0; i + 8 <= n; i += 8) {
-    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
-    _mm256_storeu_ps(s + i, e);
-    sum = _mm256_add_ps(sum, e);
+  // Two-level sum: float lanes over blocks of 256 elements (32 terms per lane), then double across blocks, so
+  // the denominator stays accurate to ~1e-7 even at 10^5 tokens.
+  __m256d total = _mm256_setzero_pd();
+  i = 0;
+  while (i + 8 <= n) {
+    __m256 sum = _mm256_setzero_ps(), sum2 = sum;
+    int e8 = 0;
+    for (; e8 < 32 && i + 16 <= n; e8 += 2, i += 16) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
+      const __m256 f = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), m8));
+      _mm256_storeu_ps(s + i, e);
+      _mm256_storeu_ps(s + i + 8, f);
+      sum = _mm256_add_ps(sum, e);
+      sum2 = _mm256_add_ps(sum2, f);
+    }
+    if (e8 < 32 && i + 8 <= n) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
+      _mm256_storeu_ps(s + i, e);
+      sum = _mm256_add_ps(sum, e);
+      i += 8;
+    }
+    sum = _mm256_add_ps(sum, sum2);
+    total = _mm256_add_pd(total, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1))));
   }
   float tail = 0;
   if (i < n) {  // masked tail through the same exp
@@ -698,9 +724,9 @@ void softmax(float* s, int n) {
       tail += tmp[k];
     }
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / (hsum(sum) + tail));
-  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), inv));
-  for (; i < n; i++) s[i] *= _mm256_cvtss_f32(inv);
+  alignas(32) double t4[4];
+  _mm256_store_pd(t4, total);
+  return (float)(t4[0] + t4[1] + t4[2] + t4[3] + tail);
 }
 
 void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum) {
@@ -735,7 +761,7 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
   }
 }
 
-const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmax, quantizeI8};
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8};
 
 }  // namespace
 

@@ -132,7 +132,7 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
   }
 }
 
-void softmax(float* s, int n) {
+float softmaxExp(float* s, int n) {
   float mx = -INFINITY;
   for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
   double sum = 0;
@@ -140,8 +140,7 @@ void softmax(float* s, int n) {
     s[i] = std::exp(s[i] - mx);
     sum += s[i];
   }
-  const float inv = (float)(1.0 / sum);
-  for (int i = 0; i < n; i++) s[i] *= inv;
+  return (float)sum;
 }
 
 void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum) {
@@ -164,7 +163,7 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
   }
 }
 
-const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmax,
+const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp,
                            quantizeI8};
 
 }  // namespace
