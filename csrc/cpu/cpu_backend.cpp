@@ -20,7 +20,6 @@
 #include <thread>
 #include <vector>
 
-#include <math.h>  // fp16.cuh calls unqualified signbit(); <cmath> alone only declares std::signbit
 #include "../../kernels/quantizer.cuh"
 #include "cpu_kernels.h"
 
