@@ -445,6 +445,39 @@ int main(int argc, char** argv) {
         runConfig(*portable, cf, r2, label);
         configs++;
       }
+  // Long layers with one kv head: the backend splits each head's tokens into several chunks whose partial value
+  // sums are merged (and pages hold 512 tokens, so chunks span several pages).
+  for (int method = 0; method < 3; method++) {
+    Config cf;
+    if (method == 0) {
+      cf.kf = MatrixFormat{kRowGrouped, 3, 32, kSym};
+      cf.vf = MatrixFormat{kColGrouped, 2, 32, kHybrid};
+    } else if (method == 1) {
+      cf.kf = MatrixFormat{kColGrouped, 2, 32, kAsym};
+      cf.vf = MatrixFormat{kRowGrouped, 2, 32, kAsym};
+    } else {
+      cf.kf = cf.vf = MatrixFormat{kFp16Rows, 16, 32, 0};
+    }
+    cf.kvHeads = 1;
+    cf.qHeads = 4;
+    cf.d = 128;
+    cf.P = 512;
+    cf.S = 32;
+    cf.qK = method == 1 ? 2976 : 2999;
+    cf.qV = 2944;
+    cf.extra = 97;
+    cf.heavy = method == 2;
+    cf.norm = method == 0;
+    char label[160];
+    std::snprintf(label, sizeof label, "[long m%d T%d]", method, cf.S + cf.qK + cf.extra);
+    std::mt19937_64 r1(rng()), r2 = r1;
+    runConfig(*simd, cf, r1, label);
+    runConfig(*portable, cf, r2, label);
+    auto one = makeCpuBackend(1, true);  // single-threaded pool path
+    std::mt19937_64 r3(rng());
+    runConfig(*one, cf, r3, label);
+    configs++;
+  }
   std::printf("%d configs x 2 kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, checks, failures,
               worstRatio);
   std::printf("float paths: worst normwise relative error %.2e (limit 1e-5); int8 paths: worst err / derived bound %.3f\n",
