@@ -126,6 +126,10 @@ template <class T>
 struct AlignedBuf {  // grow-only 64-byte aligned scratch
   T* p = nullptr;
   size_t n = 0;
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  AlignedBuf(AlignedBuf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
   ~AlignedBuf() { std::free(p); }
   T* get(size_t count) {
     if (count > n) {
@@ -176,8 +180,21 @@ class CpuBackend final : public Backend {
   static bool supported(const LayerView& v);
   Chunking chunking(const LayerView& v) const;
   void prepareQuery(const LayerView& v, const float* query);
+  struct ProbsI8 {
+    const int8_t* q;
+    const float *sigma, *sigmaSum;
+    size_t ld;
+  };
+  struct WorkerBuffers {
+    AlignedBuf<float> scores, inv, sigma, sigmaSum;
+    AlignedBuf<int8_t> q;
+  };
+  void keyScoresRange(const LayerView& v, int kh, int a0, int a1, float* s, size_t lds) const;
+  void valueSumRange(const LayerView& v, int kh, int a0, int a1, const float* probs, size_t ldp, const ProbsI8& pq,
+                     float* o) const;
+  void quantizeProbs(const LayerView& v, const float* probsRow, int8_t* q, float* sigma, float* sigmaSum) const;
+  void reserveProbsI8(const LayerView& v);
   void scoresPhase(const LayerView& v, float* scores);
-  void prepareProbsI8(const LayerView& v, const float* probs, int qh);
   void valuePhase(const LayerView& v, const float* probs, float* out);
 
   ThreadPool pool_;
@@ -186,6 +203,7 @@ class CpuBackend final : public Backend {
   AlignedBuf<float> invSum_, qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
   AlignedBuf<int8_t> qI8_, pI8_;
   size_t pLd_ = 0;  // row stride of pI8_ (quantizedValues rounded up to 32)
+  std::vector<WorkerBuffers> workers_;
 };
 
 bool CpuBackend::supported(const LayerView& v) {
@@ -272,78 +290,91 @@ void CpuBackend::prepareQuery(const LayerView& v, const float* query) {
   if (v.keyFormat.orientation == kRowGrouped) k_->quantizeI8(qf, H * d, qi, sg, sS);
 }
 
+// Scores of kv head kh's query heads over tokens [a0, a1): s[h*lds + a] for h < r (s points at the kv head's
+// first query head row).
+void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, float* s, size_t lds) const {
+  const int d = v.headDim, r = v.qHeads / v.kvHeads;
+  const MatrixFormat& f = v.keyFormat;
+  for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
+    const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock, qh = kh * r + hb;
+    const float* qs = qScaled_.p + (size_t)qh * d;
+    const float* qf = qFold_.p + (size_t)qh * d;
+    float* sOut = s + (size_t)hb * lds;
+    walk(
+        v, Matrix::Keys, kh, a0, a1,
+        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds); },
+        [&](int p, int s0, int s1, int a) {
+          const QuantRef m = headRef(v, v.layout.keys, f, p, kh);
+          if (f.orientation == kFp16Rows) {
+            k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds);
+          } else if (f.orientation == kRowGrouped) {
+            const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32,
+                          qSigS_.p + (size_t)qh * d / 32, (size_t)d / 32};
+            k_->scoresRowI8(m, f, d, s0, s1, q, rb, sOut + a, lds);
+          } else {
+            k_->scoresColF(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf, rb, sOut + a, lds);
+          }
+        });
+  }
+}
+
+// Value sums of kv head kh's query heads over tokens [a0, a1), accumulated into o [r][d]. probs: [r][ldp] indexed by
+// absolute token; pq: the int8 weights of the quantized value tokens ([r][pLd], indexed by quantized index), used
+// when values are kColGrouped.
+void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const float* probs, size_t ldp,
+                               const ProbsI8& pq, float* o) const {
+  const int d = v.headDim, r = v.qHeads / v.kvHeads, P = v.pageTokens;
+  const MatrixFormat& f = v.valueFormat;
+  for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
+    const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock;
+    const float* pIn = probs + (size_t)hb * ldp;
+    float* ob = o + (size_t)hb * d;
+    walk(
+        v, Matrix::Values, kh, a0, a1,
+        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob); },
+        [&](int p, int s0, int s1, int a) {
+          const QuantRef m = headRef(v, v.layout.values, f, p, kh);
+          if (f.orientation == kFp16Rows) {
+            k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob);
+          } else if (f.orientation == kRowGrouped) {
+            k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
+          } else {
+            // page-relative int8 weights: page p starts at quantized index p*P (a multiple of 32)
+            const size_t base = (size_t)hb * pq.ld + (size_t)p * P;
+            const I8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
+            k_->wsumColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, ps, rb, ob);
+          }
+        });
+  }
+}
+
 void CpuBackend::scoresPhase(const LayerView& v, float* scores) {
   const Chunking ch = chunking(v);
-  const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens;
-  const MatrixFormat& f = v.keyFormat;
-  const float* qs = qScaled_.p;
-  const float* qf = qFold_.p;
+  const int r = v.qHeads / v.kvHeads, T = v.tokens;
   pool_.run(v.kvHeads * ch.perHead, [&](int item, int) {
     const int kh = item / ch.perHead, c = item % ch.perHead;
-    for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
-      const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock, qh = kh * r + hb;
-      float* sOut = scores + (size_t)qh * T;
-      walk(
-          v, Matrix::Keys, kh, ch.lo(v, c), ch.hi(v, c),
-          [&](const uint16_t* rows, size_t ld, int a, int n) {
-            k_->scoresFp16(rows, ld, n, d, qs + (size_t)qh * d, rb, sOut + a, T);
-          },
-          [&](int p, int s0, int s1, int a) {
-            const QuantRef m = headRef(v, v.layout.keys, f, p, kh);
-            if (f.orientation == kFp16Rows) {
-              k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf + (size_t)qh * d, rb, sOut + a, T);
-            } else if (f.orientation == kRowGrouped) {
-              const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32,
-                            qSigS_.p + (size_t)qh * d / 32, (size_t)d / 32};
-              k_->scoresRowI8(m, f, d, s0, s1, q, rb, sOut + a, T);
-            } else {
-              k_->scoresColF(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf + (size_t)qh * d, rb, sOut + a, T);
-            }
-          });
-    }
+    keyScoresRange(v, kh, ch.lo(v, c), ch.hi(v, c), scores + (size_t)kh * r * T, T);
   });
 }
 
-void CpuBackend::prepareProbsI8(const LayerView& v, const float* probs, int qh) {
-  // p for quantized value tokens, slices aligned to quantized-space index multiples of 32 (so to token groups).
-  const int qv = v.quantizedValues;
-  if (qv <= 0) return;
-  const size_t row = (size_t)qh * pLd_;
-  k_->quantizeI8(probs + (size_t)qh * v.tokens + v.sinkCapacity, qv, pI8_.p + row, pSig_.p + row / 32,
-                 pSigS_.p + row / 32);
+void CpuBackend::quantizeProbs(const LayerView& v, const float* probsRow, int8_t* q, float* sigma, float* sigmaSum) const {
+  // weights of the quantized value tokens, slices aligned to quantized-space multiples of 32 (so to token groups)
+  if (v.quantizedValues > 0) k_->quantizeI8(probsRow + v.sinkCapacity, v.quantizedValues, q, sigma, sigmaSum);
 }
 
 void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) {
   const Chunking ch = chunking(v);
-  const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens, P = v.pageTokens;
-  const MatrixFormat& f = v.valueFormat;
+  const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens;
   const int items = v.kvHeads * ch.perHead;
   float* part = partial_.get((size_t)items * r * d);
   pool_.run(items, [&](int item, int) {
     const int kh = item / ch.perHead, c = item % ch.perHead;
     float* o = part + (size_t)item * r * d;
     std::memset(o, 0, sizeof(float) * r * d);
-    for (int hb = 0; hb < r; hb += kMaxHeadBlock) {
-      const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock, qh = kh * r + hb;
-      const float* pIn = probs + (size_t)qh * T;
-      float* ob = o + (size_t)hb * d;
-      walk(
-          v, Matrix::Values, kh, ch.lo(v, c), ch.hi(v, c),
-          [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, T, rb, ob); },
-          [&](int p, int s0, int s1, int a) {
-            const QuantRef m = headRef(v, v.layout.values, f, p, kh);
-            if (f.orientation == kFp16Rows) {
-              k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, T, rb, ob);
-            } else if (f.orientation == kRowGrouped) {
-              k_->wsumRowF(m, f, d, s0, s1, pIn + a, T, rb, ob);
-            } else {
-              // page-relative int8 probabilities: page p starts at quantized index p*P (a multiple of 32)
-              const size_t base = (size_t)qh * pLd_ + (size_t)p * P;
-              const I8Set pq{pI8_.p + base, pLd_, pSig_.p + base / 32, pSigS_.p + base / 32, pLd_ / 32};
-              k_->wsumColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, pq, rb, ob);
-            }
-          });
-    }
+    const size_t row = (size_t)kh * r * pLd_;
+    const ProbsI8 pq{pI8_.p ? pI8_.p + row : nullptr, pSig_.p ? pSig_.p + row / 32 : nullptr,
+                     pSigS_.p ? pSigS_.p + row / 32 : nullptr, pLd_};
+    valueSumRange(v, kh, ch.lo(v, c), ch.hi(v, c), probs + (size_t)kh * r * T, T, pq, o);
   });
   // merge the chunks of each kv head
   for (int kh = 0; kh < v.kvHeads; kh++) {
@@ -354,6 +385,13 @@ void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) 
       for (int i = 0; i < r * d; i++) dst[i] += src[i];
     }
   }
+}
+
+void CpuBackend::reserveProbsI8(const LayerView& v) {
+  pLd_ = ((size_t)v.quantizedValues + 31) / 32 * 32;
+  pI8_.get(pLd_ * v.qHeads);
+  pSig_.get(pLd_ / 32 * v.qHeads);
+  pSigS_.get(pLd_ / 32 * v.qHeads);
 }
 
 Status CpuBackend::keyScores(const LayerView& v, const float* query, float* scores) {
@@ -373,11 +411,11 @@ Status CpuBackend::valueSum(const LayerView& v, const float* probs, float* out) 
   std::lock_guard<std::mutex> lk(callMu_);
   try {
     if (v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0) {
-      pLd_ = ((size_t)v.quantizedValues + 31) / 32 * 32;
-      pI8_.get(pLd_ * v.qHeads);
-      pSig_.get(pLd_ / 32 * v.qHeads);
-      pSigS_.get(pLd_ / 32 * v.qHeads);
-      pool_.run(v.qHeads, [&](int h, int) { prepareProbsI8(v, probs, h); });
+      reserveProbsI8(v);
+      pool_.run(v.qHeads, [&](int h, int) {
+        const size_t row = (size_t)h * pLd_;
+        quantizeProbs(v, probs + (size_t)h * v.tokens, pI8_.p + row, pSig_.p + row / 32, pSigS_.p + row / 32);
+      });
     }
     valuePhase(v, probs, out);
   } catch (const std::bad_alloc&) {
@@ -394,24 +432,53 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
   }
   std::lock_guard<std::mutex> lk(callMu_);
   try {
-    float* s = scores_.get((size_t)v.qHeads * v.tokens);
     prepareQuery(v, query);
-    scoresPhase(v, s);
     const bool i8 = v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0;
-    if (i8) {
-      pLd_ = ((size_t)v.quantizedValues + 31) / 32 * 32;
-      pI8_.get(pLd_ * v.qHeads);
-      pSig_.get(pLd_ / 32 * v.qHeads);
-      pSigS_.get(pLd_ / 32 * v.qHeads);
+    const int r = v.qHeads / v.kvHeads, T = v.tokens, d = v.headDim;
+    if (v.kvHeads >= pool_.size() && (v.kvHeads % pool_.size() == 0 || v.kvHeads >= 4 * pool_.size())) {
+      // Fused: one item per kv head runs scores -> softmax -> int8 weights -> value sums with its r x T scores in
+      // the worker's own buffer, so they stay in L2 instead of making two round trips through DRAM.
+      const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
+      if (workers_.size() < (size_t)pool_.size()) workers_.resize(pool_.size());
+      for (auto& w : workers_) {
+        w.scores.get((size_t)r * T);
+        w.inv.get((size_t)r);
+        if (i8) {
+          w.q.get((size_t)r * pLd);
+          w.sigma.get((size_t)r * pLd / 32);
+          w.sigmaSum.get((size_t)r * pLd / 32);
+        }
+      }
+      pool_.run(v.kvHeads, [&](int kh, int worker) {
+        WorkerBuffers& w = workers_[worker];
+        float* s = w.scores.p;
+        keyScoresRange(v, kh, 0, T, s, T);
+        for (int h = 0; h < r; h++) {
+          w.inv.p[h] = 1.0f / k_->softmaxExp(s + (size_t)h * T, T);
+          if (i8) quantizeProbs(v, s + (size_t)h * T, w.q.p + h * pLd, w.sigma.p + h * pLd / 32, w.sigmaSum.p + h * pLd / 32);
+        }
+        float* o = out + (size_t)kh * r * d;
+        std::memset(o, 0, sizeof(float) * r * d);
+        const ProbsI8 pq{w.q.p, w.sigma.p, w.sigmaSum.p, pLd};
+        valueSumRange(v, kh, 0, T, s, T, pq, o);
+        for (int h = 0; h < r; h++)
+          for (int j = 0; j < d; j++) o[(size_t)h * d + j] *= w.inv.p[h];
+      });
+      return Status::Ok;
     }
+    // Phased: (kv head, token chunk) items, for layers with fewer kv heads than threads.
+    float* s = scores_.get((size_t)v.qHeads * T);
+    scoresPhase(v, s);
+    if (i8) reserveProbsI8(v);
     float* inv = invSum_.get((size_t)v.qHeads);
     pool_.run(v.qHeads, [&](int h, int) {
-      inv[h] = 1.0f / k_->softmaxExp(s + (size_t)h * v.tokens, v.tokens);
-      if (i8) prepareProbsI8(v, s, h);  // int8 quantization is scale-invariant: unnormalized weights are fine
+      inv[h] = 1.0f / k_->softmaxExp(s + (size_t)h * T, T);
+      // int8 quantization is scale-invariant: the unnormalized weights are fine
+      if (i8) quantizeProbs(v, s + (size_t)h * T, pI8_.p + h * pLd_, pSig_.p + h * pLd_ / 32, pSigS_.p + h * pLd_ / 32);
     });
     valuePhase(v, s, out);
     for (int h = 0; h < v.qHeads; h++)
-      for (int j = 0; j < v.headDim; j++) out[(size_t)h * v.headDim + j] *= inv[h];
+      for (int j = 0; j < d; j++) out[(size_t)h * d + j] *= inv[h];
   } catch (const std::bad_alloc&) {
     return Status::OutOfMemory;
   }
