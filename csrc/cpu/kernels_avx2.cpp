@@ -411,8 +411,17 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
   const __m128i hperm = halfPermMask<BITS>();
   const float off = (float)symOffset(BITS);
   alignas(32) float pairAcc[kMaxHeadBlock][4][8];
+  // Software prefetch ~16 blocks (128 tokens) ahead: the kernel is compute-heavy enough that the hardware
+  // streamer alone leaves DRAM latency exposed between bursts.
+  constexpr int kAhead = 128;
   for (int tb = t0; tb < t1; tb += 8) {
     const int cnt = t1 - tb < 8 ? t1 - tb : 8;
+    if (tb + kAhead + 8 <= t1) {
+      const uint8_t* pc = m.codes + (size_t)(tb + kAhead) * rowBytes;
+      for (int off = 0; off < 8 * rowBytes; off += 64) _mm_prefetch((const char*)(pc + off), _MM_HINT_T0);
+      _mm_prefetch((const char*)(m.scales + (size_t)(tb + kAhead) * n), _MM_HINT_T0);
+      if (m.zeros) _mm_prefetch((const char*)(m.zeros + (size_t)(tb + kAhead) * n), _MM_HINT_T0);
+    }
     for (int p = 0; p < 4; p++) {
       const int ta = tb + (2 * p < cnt ? 2 * p : cnt - 1), tc = tb + (2 * p + 1 < cnt ? 2 * p + 1 : cnt - 1);
       __m256 acc[kMaxHeadBlock];
@@ -469,6 +478,14 @@ void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int
   const __m128i hperm = halfPermMask<BITS>();
   const float off = (float)symOffset(BITS);
   for (int tg = g0; tg < g1; tg++) {
+    if (tg + 2 < g1) {  // prefetch the token group after next (codes, scales, zeros), see scoresRowI8Fast
+      const uint8_t* pc = m.codes + (size_t)(tg + 2) * d * bb;
+      for (int off = 0; off < d * bb; off += 64) _mm_prefetch((const char*)(pc + off), _MM_HINT_T0);
+      for (int off = 0; off < d; off += 32) {
+        _mm_prefetch((const char*)(m.scales + (size_t)(tg + 2) * d + off), _MM_HINT_T0);
+        if (m.zeros) _mm_prefetch((const char*)(m.zeros + (size_t)(tg + 2) * d + off), _MM_HINT_T0);
+      }
+    }
     for (int h = 0; h < r; h++)
       for (int k = 0; k < 4; k++) {
         int64_t w;

@@ -1,0 +1,46 @@
+// binding.h - the N-API surface used by lib/native.ts. Arguments arrive already validated by the
+// TypeScript facade; this layer only converts types, keeps inputs alive during async work, and turns
+// Status codes into JavaScript errors.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+#include <mutex>
+
+#include "../core/cache.h"
+
+namespace innerq {
+namespace binding {
+
+Napi::Value NativeInfo(const Napi::CallbackInfo& info);
+
+// Shared between the JS object and in-flight async work, so dispose() during an attendAsync is safe:
+// the worker keeps the state alive and finds cache == nullptr if it runs after dispose.
+struct CacheState {
+  std::mutex mutex;
+  std::unique_ptr<Cache> cache;
+};
+
+class NativeCache : public Napi::ObjectWrap<NativeCache> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  explicit NativeCache(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value Prefill(const Napi::CallbackInfo& info);
+  Napi::Value Append(const Napi::CallbackInfo& info);
+  Napi::Value Attend(const Napi::CallbackInfo& info);
+  Napi::Value AttendAsync(const Napi::CallbackInfo& info);
+  Napi::Value Length(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value KeyNormFactors(const Napi::CallbackInfo& info);
+  Napi::Value Snapshot(const Napi::CallbackInfo& info);
+  Napi::Value Reset(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value BackendName(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<CacheState> state_;
+};
+
+}  // namespace binding
+}  // namespace innerq

@@ -1,0 +1,197 @@
+// cache.ts - KVCache: the object users hold. Validates every argument, then calls the native engine.
+import * as v from './validate';
+import { native, NativeCacheInstance, NativeSnapshot } from './native';
+import { chooseBackend } from './backends';
+import { KVCacheOptions, ResolvedOptions, SIM_ORDERS, nativeConfig, resolveOptions } from './options';
+
+export interface KVCacheStats {
+  /** Tokens held, summed over layers. */
+  tokens: number;
+  bytes: {
+    /** Quantized codes. */ codes: number;
+    /** fp16 scales and zero points. */ scales: number;
+    /** fp16 sink and recent windows. */ windows: number;
+    /** Everything the cache holds for its tokens (codes + scales + windows + key-norm factors). */ held: number;
+    /** What an fp16 cache of the same tokens would hold. */ fp16: number;
+    /** Backend memory reserved (whole pages, window buffers). */ allocated: number;
+  };
+  /** held bytes × 8 / (cached elements of K and V); 16 for an fp16 cache. */
+  bitsPerElement: number;
+  /** fp16 bytes / held bytes. */
+  compressionRatio: number;
+  pages: { inUse: number; allocated: number };
+}
+
+function disposedError(method: string): Error {
+  const e = new Error(`innerq: KVCache.${method}() was called after dispose(); create a new KVCache`);
+  (e as Error & { code: string }).code = 'ERR_INNERQ_DISPOSED';
+  return e;
+}
+
+/**
+ * A quantized KV cache for every layer of one sequence. See README for the options; `preset` picks the
+ * method, and every other quantization option overrides the preset.
+ */
+export class KVCache {
+  readonly options: Readonly<ResolvedOptions>;
+  /** The backend actually running this cache ('auto' resolved). */
+  readonly backend: 'cpu' | 'cuda' | 'sim';
+  private handle: NativeCacheInstance | null;
+  private readonly rowLength: number;
+  private readonly tokensPerLayer: number[];
+
+  constructor(options: KVCacheOptions) {
+    const o = resolveOptions(options);
+    this.options = Object.freeze(o);
+    this.backend = chooseBackend(o.backend, o.deviceId);
+    this.rowLength = o.kvHeads * o.headDim;
+    this.tokensPerLayer = new Array(o.layers).fill(0);
+    this.handle = new (native().NativeCache)(nativeConfig(o), this.backend, {
+      threads: o.threads, simd: o.simd, simThreadOrder: SIM_ORDERS.indexOf(o.simThreadOrder), simSeed: o.simSeed, deviceId: o.deviceId,
+    });
+  }
+
+  private live(method: string): NativeCacheInstance {
+    if (!this.handle) throw disposedError(method);
+    return this.handle;
+  }
+
+  private layerIndex(layer: unknown): number {
+    return v.integer(layer, 'layer', 0, this.options.layers - 1);
+  }
+
+  /**
+   * Fill an empty layer with a prompt's keys and values, each [tokens][kvHeads][headDim] as a Float32Array
+   * (rounded to fp16) or a Uint16Array of fp16 bits. Computes the key normalization from the non-sink tokens.
+   */
+  prefill(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
+    const h = this.live('prefill');
+    const l = this.layerIndex(layer);
+    const n = v.tokenRows(keys, 'keys', this.rowLength);
+    v.tokenRows(values, 'values', this.rowLength, n);
+    const tokens = n / this.rowLength;
+    if (this.tokensPerLayer[l] !== 0) {
+      throw new RangeError(`Expected an empty layer for layer but received ${l} (holding ${this.tokensPerLayer[l]} tokens) of type number; use append() or reset(layer) first`);
+    }
+    if (tokens > this.options.maxTokens) {
+      throw v.rangeError(`at most maxTokens (${this.options.maxTokens}) tokens of ${this.rowLength} elements`, 'keys', keys);
+    }
+    h.prefill(l, keys, values, tokens);
+    this.tokensPerLayer[l] = tokens;
+  }
+
+  /** Append one token's key and value, each [kvHeads][headDim]. */
+  append(layer: number, key: Float32Array | Uint16Array, value: Float32Array | Uint16Array): void {
+    const h = this.live('append');
+    const l = this.layerIndex(layer);
+    v.tokenRows(key, 'key', this.rowLength, this.rowLength);
+    v.tokenRows(value, 'value', this.rowLength, this.rowLength);
+    if (this.tokensPerLayer[l] >= this.options.maxTokens) {
+      throw new RangeError(`Expected a layer below maxTokens (${this.options.maxTokens}) for layer but received ${l} (full) of type number; the cache is unchanged`);
+    }
+    h.append(l, key, value);
+    this.tokensPerLayer[l]++;
+  }
+
+  private checkAttend(method: string, layer: unknown, query: unknown, out: unknown): [NativeCacheInstance, number, Float32Array, Float32Array] {
+    const h = this.live(method);
+    const l = this.layerIndex(layer);
+    const len = this.options.qHeads * this.options.headDim;
+    const q = v.floatVector(query, 'query', len);
+    let o: Float32Array;
+    if (out === undefined) o = new Float32Array(len);
+    else {
+      if (!(out instanceof Float32Array)) throw v.typeError(`Float32Array of length ${len}`, 'out', out);
+      if (out.length !== len) throw v.rangeError(`Float32Array of length ${len}`, 'out', out);
+      o = out;
+    }
+    if (this.tokensPerLayer[l] === 0) {
+      throw new RangeError(`Expected a layer holding at least one token for layer but received ${l} (empty) of type number`);
+    }
+    return [h, l, q, o];
+  }
+
+  /**
+   * One decode step of attention for a layer: softmax(q·Kᵀ/√d)·V over every cached token. query is
+   * [qHeads][headDim]; query head h uses kv head ⌊h / (qHeads/kvHeads)⌋. Returns [qHeads][headDim]
+   * (written into `out` when given).
+   */
+  attend(layer: number, query: Float32Array, out?: Float32Array): Float32Array {
+    const [h, l, q, o] = this.checkAttend('attend', layer, query, out);
+    h.attend(l, q, o);
+    return o;
+  }
+
+  /** attend() on a worker thread. The query is copied, so the caller may reuse it at once. */
+  attendAsync(layer: number, query: Float32Array, out?: Float32Array): Promise<Float32Array> {
+    try {
+      const [h, l, q, o] = this.checkAttend('attendAsync', layer, query, out);
+      const qCopy = Float32Array.from(q);
+      return new Promise((resolve, reject) => {
+        h.attendAsync(l, qCopy, o, (err) => (err ? reject(err) : resolve(o)));
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Tokens held by a layer. */
+  length(layer: number): number {
+    this.live('length');
+    return this.tokensPerLayer[this.layerIndex(layer)];
+  }
+
+  /** Forget every token of a layer (its pages return to the pool). */
+  reset(layer: number): void {
+    const h = this.live('reset');
+    const l = this.layerIndex(layer);
+    h.reset(l);
+    this.tokensPerLayer[l] = 0;
+  }
+
+  /** Memory held, per kind, and the resulting bits per element and compression ratio. */
+  stats(): KVCacheStats {
+    const s = this.live('stats').stats();
+    const elements = s.tokens * this.rowLength * 2;
+    return {
+      tokens: s.tokens,
+      bytes: { codes: s.codeBytes, scales: s.scaleBytes, windows: s.windowBytes, held: s.heldBytes, fp16: s.fp16Bytes, allocated: s.allocatedBytes },
+      bitsPerElement: elements ? (s.heldBytes * 8) / elements : 0,
+      compressionRatio: s.heldBytes ? s.fp16Bytes / s.heldBytes : 0,
+      pages: { inUse: s.pagesInUse, allocated: s.pagesAllocated },
+    };
+  }
+
+  /**
+   * The per-channel key normalization factors f of a layer, [kvHeads][headDim], or null when key
+   * normalization is off or not computed yet. Stored keys are K/f and the query is multiplied by f.
+   * To fold f into a model's weights instead (W_k columns ÷ f, W_q columns × f), f must be RoPE-pair
+   * consistent (f[j] = f[j + headDim/2]); rotary embeddings mix each such pair, so otherwise folding
+   * before RoPE is not equivalent.
+   */
+  keyNormFactors(layer: number): Float32Array | null {
+    const h = this.live('keyNormFactors');
+    return h.keyNormFactors(this.layerIndex(layer));
+  }
+
+  /** Raw copy of a layer's memory (sink, ring, pages, factors), for inspection and tests. */
+  snapshot(layer: number): NativeSnapshot {
+    const h = this.live('snapshot');
+    return h.snapshot(this.layerIndex(layer));
+  }
+
+  /** Release all memory. Idempotent; any later call except dispose() throws. */
+  dispose(): void {
+    if (!this.handle) return;
+    this.handle.dispose();
+    this.handle = null;
+  }
+
+  get disposed(): boolean {
+    return this.handle === null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
