@@ -3,7 +3,7 @@
 //
 // Shape (DESIGN §3): 8 kv heads x 4 query heads each, head_dim 128, sink 32 + quantized pages + fp16 ring tail.
 // One layer is quantized with quantizeRows, its pages are copied into as many layers as needed for the working set
-// to exceed 4x the 32 MiB L3, and every timed sweep visits all layers in turn (as a decode step does), so the
+// to exceed 4x a 48 MiB L3, and every timed sweep visits all layers in turn (as a decode step does), so the
 // figures measure memory, not cache. Reported: median ms per layer over the sweeps, and effective GB/s = bytes of
 // the layer's K and/or V (codes, scales, zeros, fp16 windows) / time.
 #include <algorithm>
@@ -106,25 +106,33 @@ int main(int argc, char** argv) {
   }
   methods.push_back({"innerq K3s/V2h", {kRowGrouped, 3, 32, kSym}, {kColGrouped, 2, 32, kHybrid}});
 
-  std::printf("%-16s %7s %9s | %9s %7s | %9s %7s | %9s %7s\n", "method", "layers", "MiB/layer", "K ms", "K GB/s", "V ms",
-              "V GB/s", "K+V ms", "GB/s");
-  double fp16KV = 0;
+  // Build every method's layers first, then time the methods INTERLEAVED (each sweep visits every method in turn),
+  // so that background load on a shared machine affects all methods alike instead of whichever ran at that moment.
+  struct Run {
+    Method m;
+    std::vector<Layer> L;
+    size_t kBytes, vBytes, layerBytes;
+    double quantMs = 0;
+    std::vector<double> k, v, kv, kvCpu;
+  };
+  std::vector<Run> runs;
   const char* only = std::getenv("CPU_GEMV_ONLY");  // comma list of method names to run (default: all)
   for (const Method& m : methods) {
-    if (only && m.name != "fp16" && std::string(",") .append(only).append(",").find("," + m.name + ",") == std::string::npos)
+    if (only && m.name != "fp16" && std::string(",").append(only).append(",").find("," + m.name + ",") == std::string::npos)
       continue;
+    Run run;
+    run.m = m;
     const PageLayout layout = pageLayout(m.kf, m.vf, P, kvH, d);
     const int pagesPer = (quant + P - 1) / P;
     const size_t windowBytes = rowBytes * (S + (T - S - quant));
-    const size_t kBytes = (size_t)pagesPer * (layout.keys.end - layout.keys.codesOffset) + windowBytes;
-    const size_t vBytes = (size_t)pagesPer * (layout.values.end - layout.values.codesOffset) + windowBytes;
-    const size_t layerBytes = (size_t)pagesPer * layout.pageBytes + 2 * windowBytes;
-    int layers = (int)std::ceil(4.0 * 32 * 1048576 / (double)layerBytes);
+    run.kBytes = (size_t)pagesPer * (layout.keys.end - layout.keys.codesOffset) + windowBytes;
+    run.vBytes = (size_t)pagesPer * (layout.values.end - layout.values.codesOffset) + windowBytes;
+    run.layerBytes = (size_t)pagesPer * layout.pageBytes + 2 * windowBytes;
+    int layers = (int)std::ceil(4.0 * 48 * 1048576 / (double)run.layerBytes);  // > 4x the largest L3 we run on
     layers = std::max(layers, 4);
-    std::vector<Layer> L(layers);
-    double quantMs = 0;
+    run.L.resize(layers);
     for (int l = 0; l < layers; l++) {
-      LayerView& v = L[l].v;
+      LayerView& v = run.L[l].v;
       v.qHeads = qH;
       v.kvHeads = kvH;
       v.headDim = d;
@@ -147,54 +155,62 @@ int main(int argc, char** argv) {
           std::printf("out of memory\n");
           return 1;
         }
-        if (l > 0) std::memcpy(pg, L[0].pages[p], layout.pageBytes);
-        L[l].pages.push_back(pg);
+        if (l > 0) std::memcpy(pg, run.L[0].pages[p], layout.pageBytes);
+        run.L[l].pages.push_back(pg);
       }
-      v.pages = L[l].pages.data();
+      v.pages = run.L[l].pages.data();
       v.pageCount = pagesPer;
       if (l == 0) {
         const auto q0 = Clock::now();
         b.quantizeRows(v, Matrix::Keys, &K[(size_t)S * kvH * d], 0, quant);
         b.quantizeRows(v, Matrix::Values, &V[(size_t)S * kvH * d], 0, quant);
-        quantMs = std::chrono::duration<double, std::milli>(Clock::now() - q0).count();
+        run.quantMs = std::chrono::duration<double, std::milli>(Clock::now() - q0).count();
       }
     }
-    double lastMin = 0, lastCpu = 0;
-    auto timeIt = [&](auto&& fn) {
-      std::vector<double> per, cpu;
-      for (int s = 0; s < sweeps + 1; s++) {
-        timespec c0, c1;
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
-        const auto t0 = Clock::now();
-        for (int l = 0; l < layers; l++) fn(L[l].v);
-        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / layers;
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-        if (s) {  // first sweep warms up
-          per.push_back(ms);
-          cpu.push_back(((c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6) / layers);
-        }
-      }
-      lastMin = minimum(per);
-      lastCpu = median(cpu);
-      return median(per);
-    };
-    const double kMs = timeIt([&](const LayerView& v) { cpuKeyScores(b, v, query.data(), scores.data()); });
-    const double kMin = lastMin, kCpu = lastCpu;
-    const double vMs = timeIt([&](const LayerView& v) { cpuValueSum(b, v, probs.data(), out.data()); });
-    const double vMin = lastMin, vCpu = lastCpu;
-    const double kvMs = timeIt([&](const LayerView& v) { b.attend(v, query.data(), out.data()); });
-    const double kvMin = lastMin, kvCpu = lastCpu;
-    if (m.name == "fp16") fp16KV = kvMs;
-    std::printf("%-16s %7d %9.2f | %9.3f %7.1f | %9.3f %7.1f | %9.3f %7.1f   x%.2f vs fp16  (min K %.3f V %.3f K+V %.3f; cpu ms K %.3f V %.3f K+V %.3f)\n",
-                m.name.c_str(), layers, layerBytes / 1048576.0, kMs, kBytes / kMs / 1e6, vMs, vBytes / vMs / 1e6, kvMs,
-                (kBytes + vBytes) / kvMs / 1e6, fp16KV / kvMs, kMin, vMin, kvMin, kCpu, vCpu,
-                kvCpu);
-    if (m.name != "fp16")
-      std::printf("%-16s quantizeRows K+V of one layer (%d tokens x %d heads x %d): %.0f ms = %.1f M elements/s\n", "",
-                  quant, kvH, d, quantMs, 2.0 * quant * kvH * d / quantMs / 1e3);
-    for (auto& l : L)
-      for (auto p : l.pages) b.release(p);
+    runs.push_back(std::move(run));
   }
+  auto sweep = [&](Run& run, auto&& fn, std::vector<double>& wall, std::vector<double>* cpu) {
+    timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    const auto t0 = Clock::now();
+    for (auto& l : run.L) fn(l.v);
+    wall.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / run.L.size());
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    if (cpu) cpu->push_back(((c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6) / run.L.size());
+  };
+  for (int s = 0; s < sweeps + 1; s++)
+    for (Run& run : runs) {
+      std::vector<double> warm;
+      const bool w = s == 0;  // first sweep warms up
+      sweep(run, [&](const LayerView& v) { cpuKeyScores(b, v, query.data(), scores.data()); }, w ? warm : run.k, nullptr);
+      sweep(run, [&](const LayerView& v) { cpuValueSum(b, v, probs.data(), out.data()); }, w ? warm : run.v, nullptr);
+      sweep(run, [&](const LayerView& v) { b.attend(v, query.data(), out.data()); }, w ? warm : run.kv, w ? nullptr : &run.kvCpu);
+    }
+  std::printf("median ms per layer over %d interleaved sweeps; GB/s = bytes of the layer's K and/or V / time\n", sweeps);
+  std::printf("%-16s %6s %9s | %8s %6s | %8s %6s | %8s %6s | %8s %8s | %8s %8s\n", "method", "layers", "MiB/layer", "K ms",
+              "GB/s", "V ms", "GB/s", "K+V ms", "GB/s", "vs fp16", "vs kivi", "K+V min", "K+V cpu");
+  double fp16KV = 0;
+  for (Run& run : runs) {
+    const double kMs = median(run.k), vMs = median(run.v), kvMs = median(run.kv);
+    if (run.m.name == "fp16") fp16KV = kvMs;
+    double kiviKV = 0;
+    if (run.m.name.rfind("innerq-", 0) == 0)
+      for (Run& o : runs)
+        if (o.m.name == "kivi-" + run.m.name.substr(7)) kiviKV = median(o.kv);
+    char vsKivi[16] = "";
+    if (kiviKV > 0) std::snprintf(vsKivi, sizeof vsKivi, "x%.2f", kiviKV / kvMs);
+    std::printf("%-16s %6zu %9.2f | %8.3f %6.1f | %8.3f %6.1f | %8.3f %6.1f | x%7.2f %8s | %8.3f %8.3f\n",
+                run.m.name.c_str(), run.L.size(), run.layerBytes / 1048576.0, kMs, run.kBytes / kMs / 1e6, vMs,
+                run.vBytes / vMs / 1e6, kvMs, (run.kBytes + run.vBytes) / kvMs / 1e6, fp16KV / kvMs, vsKivi,
+                minimum(run.kv), median(run.kvCpu));
+  }
+  for (Run& run : runs)
+    if (run.m.name != "fp16")
+      std::printf("quantizeRows %-16s K+V of one layer (%d tokens x %d heads x %d): %.0f ms = %.1f M elements/s\n",
+                  run.m.name.c_str(), quant, kvH, d, run.quantMs, 2.0 * quant * kvH * d / run.quantMs / 1e3);
+  for (Run& run : runs)
+    for (auto& l : run.L)
+      for (auto p : l.pages) b.release(p);
   for (auto p : {sinkK, sinkV, ringK, ringV}) b.release(p);
   return 0;
 }
