@@ -1,6 +1,9 @@
 // cpu_backend.cpp - the CPU backend: memory, quantizeRows, attend, the thread pool and the work split.
 //
-// attend() for one layer runs three parallel phases over a persistent pool:
+// attend() for one layer, when there are at least as many kv heads as threads (the usual GQA shape): one pool item
+// per kv head runs scores -> softmax -> int8 weights -> value sums for its r query heads, with the r x T scores in
+// that worker's buffer (L2-resident) instead of a [qHeads][T] array making round trips through DRAM.
+// Otherwise (few kv heads, long context) it runs three parallel phases, which cpuKeyScores/cpuValueSum also use:
 //   1. key scores:  items = (kv head, token chunk); each item walks the sink, the pages and the ring of its
 //                   chunk and writes the logits of all r query heads of its kv head (one pass over the codes).
 //   2. softmax:     items = query heads; vectorised exp, unnormalized (the outputs are divided by the sum at the
@@ -503,7 +506,7 @@ Status CpuBackend::quantizeRows(const LayerView& v, Matrix mat, const uint16_t* 
       for (int t = 0; t < G; t++)
         for (int j = 0; j < d; j++) {
           const uint16_t x = rows[(size_t)(i0 + t) * ld + (size_t)kh * d + j];
-          tmp[(size_t)t * d + j] = norm ? doubleToHalfSaturate(halfToDouble(x) / (double)norm[(size_t)kh * d + j]) : x;
+          tmp[(size_t)t * d + j] = norm ? normalizeKey(x, norm[(size_t)kh * d + j]) : x;
         }
       const int qi = firstQuantized + i0, page = qi / P, slot = qi % P;
       const QuantRef m = headRef(v, L, f, page, kh);
