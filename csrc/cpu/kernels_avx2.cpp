@@ -23,6 +23,13 @@ namespace innerq {
 namespace cpu {
 namespace {
 
+// This file is compiled with -mavx2 -mfma -mf16c. It must not call the shared inline helpers of format.cuh: in an
+// unoptimised build their out-of-line copies would be emitted here with AVX encodings and the linker could pick
+// them for the portable code too. Internal-linkage copies (same formulas as format.cuh) avoid that.
+constexpr int avxBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : bits == 4 ? 16 : 32; }
+constexpr int avxGroupBytes(int bits, int groupSize) { return (groupSize / 32) * avxBlockBytes(bits); }
+constexpr int avxSymOffset(int bits) { return 1 << (bits - 1); }
+
 // ---------------------------------------------------------------------------------------------------------
 // code unpacking: 32 codes of one block -> 32 bytes, element e in byte e.
 template <int BITS>
@@ -199,8 +206,8 @@ void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int
 template <int BITS>
 void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                   size_t lds) {
-  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
-  const float off = (float)symOffset(BITS);
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
   for (int tb = t0; tb < t1; tb += 8) {
     const int cnt = t1 - tb < 8 ? t1 - tb : 8;
     int tok[8], gidx[8];
@@ -258,8 +265,8 @@ void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1
 // out[j..j+7] += a*(sigma*D) + bz*(sigma*S) with a, bz loaded as 8 contiguous scales/zeros.
 template <int BITS>
 void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
-  const int G = f.groupSize, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
-  const float off = (float)symOffset(BITS);
+  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
   for (int tg = g0; tg < g1; tg++) {
     for (int jb = 0; jb < d; jb += 8) {
       const size_t gi = (size_t)tg * d + jb;
@@ -393,7 +400,7 @@ inline __m256i quadDot(const __m256i c[4], const __m256i* a) {
 // (token, group) dot products; after 4 pairs, a small hadd tree sums each token's groups.
 template <int BITS>
 void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  const int n = d / 32, nq = n / 4, bb = blockBytes(BITS), rowBytes = n * bb;
+  const int n = d / 32, nq = n / 4, bb = avxBlockBytes(BITS), rowBytes = n * bb;
   alignas(32) int8_t act[kMaxHeadBlock * 2 * 4 * 32];
   alignas(32) float sg[kMaxHeadBlock * 2 * 8], sS[kMaxHeadBlock * 2 * 8];
   for (int h = 0; h < r; h++)
@@ -409,7 +416,7 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
       }
     }
   const __m128i hperm = halfPermMask<BITS>();
-  const float off = (float)symOffset(BITS);
+  const float off = (float)avxSymOffset(BITS);
   alignas(32) float pairAcc[kMaxHeadBlock][4][8];
   // Software prefetch ~16 blocks (128 tokens) ahead: the kernel is compute-heavy enough that the hardware
   // streamer alone leaves DRAM latency exposed between bursts.
@@ -471,12 +478,12 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
 // slice's 8-token pieces are broadcast to every lane. Accumulates in lanePerm order, un-permuted at the end.
 template <int BITS>
 void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int r, float* out) {
-  const int bb = blockBytes(BITS);
+  const int bb = avxBlockBytes(BITS);
   alignas(32) float acc[kMaxHeadBlock * kMaxHeadDim];
   std::memset(acc, 0, sizeof(float) * r * d);
   alignas(32) int64_t act[kMaxHeadBlock][4][4];
   const __m128i hperm = halfPermMask<BITS>();
-  const float off = (float)symOffset(BITS);
+  const float off = (float)avxSymOffset(BITS);
   for (int tg = g0; tg < g1; tg++) {
     if (tg + 2 < g1) {  // prefetch the token group after next (codes, scales, zeros), see scoresRowI8Fast
       const uint8_t* pc = m.codes + (size_t)(tg + 2) * d * bb;
@@ -552,8 +559,8 @@ void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const floa
 template <int BITS>
 void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
                  size_t lds) {
-  const int G = f.groupSize, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
-  const float off = (float)symOffset(BITS);
+  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
   alignas(32) float qt[kMaxHeadBlock * kMaxHeadDim];
   float c[kMaxHeadBlock];
   for (int tg = g0; tg < g1; tg++) {
@@ -619,8 +626,8 @@ template <int BITS>
 void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
                float* out) {
   constexpr int kTile = 64;
-  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(BITS, G), bb = blockBytes(BITS);
-  const float off = (float)symOffset(BITS);
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
   alignas(32) float xt[kTile * 32];               // dequantized tile: [token][32 channels]
   alignas(32) float part[kMaxHeadBlock * 32];     // per-head partial sums of the tile for the 32 channels
   for (int tt = t0; tt < t1; tt += kTile) {
