@@ -2,6 +2,7 @@
 import * as v from './validate';
 import { native, NativeCacheInstance, NativeSnapshot } from './native';
 import { chooseBackend } from './backends';
+import * as persist from './persist';
 import { KVCacheOptions, ResolvedOptions, SIM_ORDERS, nativeConfig, resolveOptions } from './options';
 
 export interface KVCacheStats {
@@ -193,5 +194,56 @@ export class KVCache {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  // ---- persistence (lib/persist.ts; format in docs/RELIABILITY.md) ----
+
+  private persistAccess(method: string): persist.CacheAccess {
+    const h = this.live(method);
+    return {
+      options: this.options, backend: this.backend, lengths: this.tokensPerLayer.slice(), geometry: h.geometry(),
+      snapshot: (l) => h.snapshot(l), hasKeyNorm: (l) => h.keyNormFactors(l) !== null,
+    };
+  }
+
+  private static readonly restoreTarget: persist.RestoreTarget = {
+    create: (o) => new KVCache(o as unknown as KVCacheOptions),
+    describe: (c) => ({ options: c.options, geometry: c.live('load').geometry() }),
+    restore: (c, layer, snapshot) => {
+      c.live('load').restore(layer, snapshot);
+      c.tokensPerLayer[layer] = snapshot.tokens;
+    },
+  };
+
+  /** Every layer as one Buffer (versioned header, per-layer CRC32); KVCache.load() restores it bit-exactly. */
+  save(): Buffer {
+    return persist.saveBuffer(this.persistAccess('save'));
+  }
+
+  /** save() streamed to a file one layer at a time, through a temporary file + fsync + rename. */
+  saveToFile(path: string): void {
+    persist.saveFile(this.persistAccess('saveToFile'), path);
+  }
+
+  /** saveToFile() with asynchronous I/O; the layers are copied before it returns, later changes are not saved. */
+  saveToFileAsync(path: string): Promise<void> {
+    try {
+      return persist.saveFileAsync(this.persistAccess('saveToFileAsync'), path);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** A cache from save()'s bytes, on any backend; options: backend, threads, simd, deviceId, simThreadOrder, simSeed. */
+  static load(data: Uint8Array, options?: persist.LoadOptions): KVCache {
+    return persist.loadBuffer(data, options, KVCache.restoreTarget);
+  }
+
+  static loadFromFile(path: string, options?: persist.LoadOptions): KVCache {
+    return persist.loadFile(path, options, KVCache.restoreTarget);
+  }
+
+  static loadFromFileAsync(path: string, options?: persist.LoadOptions): Promise<KVCache> {
+    return persist.loadFileAsync(path, options, KVCache.restoreTarget);
   }
 }
