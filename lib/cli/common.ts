@@ -1,0 +1,182 @@
+// common.ts - shared pieces of the innerq CLI: the usage error, option parsers, progress, machine description,
+// aligned text tables and markdown tables.
+import * as os from 'os';
+import { backends, BackendsInfo } from '../backends';
+import { PRESET_NAMES, PresetName } from '../options';
+
+/** A usage or input error: printed as one line on stderr, exit code 2. */
+export class CliError extends Error {
+  readonly exitCode: number;
+  constructor(message: string, exitCode = 2) {
+    super(message);
+    this.name = 'CliError';
+    this.exitCode = exitCode;
+  }
+}
+
+export function positiveInt(name: string, max = Number.MAX_SAFE_INTEGER) {
+  return (raw: string): number => {
+    const n = Number(raw);
+    if (!/^\s*\d+\s*$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > max) {
+      throw new CliError(`innerq: ${name} must be an integer between 1 and ${max}, got '${raw}'`);
+    }
+    return n;
+  };
+}
+
+export function nonNegativeNumber(name: string) {
+  return (raw: string): number => {
+    const n = Number(raw);
+    if (raw.trim() === '' || !Number.isFinite(n) || n < 0) throw new CliError(`innerq: ${name} must be a finite number >= 0, got '${raw}'`);
+    return n;
+  };
+}
+
+export function intList(name: string, max = 1 << 22) {
+  return (raw: string): number[] => {
+    const parts = raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+    if (parts.length === 0) throw new CliError(`innerq: ${name} must be a comma-separated list of positive integers, got '${raw}'`);
+    return parts.map((p) => positiveInt(name, max)(p));
+  };
+}
+
+export function presetList(raw: string): PresetName[] {
+  const parts = raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  if (parts.length === 0) throw new CliError(`innerq: --presets must list at least one of ${PRESET_NAMES.join(', ')}`);
+  for (const p of parts) {
+    if (!(PRESET_NAMES as readonly string[]).includes(p)) {
+      throw new CliError(`innerq: unknown preset '${p}' in --presets (expected a comma-separated list of ${PRESET_NAMES.join(', ')})`);
+    }
+  }
+  return [...new Set(parts)] as PresetName[];
+}
+
+export type BackendChoice = 'auto' | 'cpu' | 'cuda' | 'sim';
+export function backendList(raw: string): BackendChoice[] {
+  const allowed = ['auto', 'cpu', 'cuda', 'sim'];
+  const parts = raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  if (parts.length === 0) throw new CliError(`innerq: --backend must be one of ${allowed.join(', ')}`);
+  for (const p of parts) if (!allowed.includes(p)) throw new CliError(`innerq: unknown backend '${p}' in --backend (expected ${allowed.join(', ')}, or a comma-separated list)`);
+  return [...new Set(parts)] as BackendChoice[];
+}
+
+/** Progress lines on stderr, only when stderr is a terminal and --quiet was not given. */
+export class Progress {
+  private readonly on: boolean;
+  private readonly started = Date.now();
+  constructor(quiet: boolean) {
+    this.on = !quiet && process.stderr.isTTY === true;
+  }
+  say(msg: string): void {
+    if (this.on) process.stderr.write(`[${((Date.now() - this.started) / 1000).toFixed(1).padStart(6)} s] ${msg}\n`);
+  }
+}
+
+export interface MachineInfo {
+  cpuModel: string;
+  cores: number;
+  totalMemoryBytes: number;
+  freeMemoryBytes: number;
+  loadAverage: number[];
+  platform: string;
+  arch: string;
+  osRelease: string;
+  node: string;
+  backends: BackendsInfo;
+  date: string;
+}
+
+export function machineInfo(): MachineInfo {
+  const cpus = os.cpus();
+  return {
+    cpuModel: cpus[0]?.model?.trim() ?? 'unknown',
+    cores: cpus.length,
+    totalMemoryBytes: os.totalmem(),
+    freeMemoryBytes: os.freemem(),
+    loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    platform: process.platform,
+    arch: process.arch,
+    osRelease: os.release(),
+    node: process.version,
+    backends: backends(),
+    date: new Date().toISOString(),
+  };
+}
+
+export function describeMachine(m: MachineInfo): string {
+  return `${m.cpuModel}, ${m.cores} cores, ${(m.totalMemoryBytes / 2 ** 30).toFixed(1)} GiB RAM, node ${m.node}, ${m.platform}/${m.arch}, load average ${m.loadAverage.join(' ')}`;
+}
+
+export interface Column<R> {
+  header: string;
+  get: (r: R) => string | number | null | undefined;
+  /** numbers are right-aligned by default */
+  align?: 'left' | 'right';
+}
+
+function cell<R>(c: Column<R>, r: R): string {
+  const v = c.get(r);
+  if (v === null || v === undefined) return '';
+  return String(v);
+}
+
+/** An aligned plain-text table. */
+export function textTable<R>(rows: R[], cols: Column<R>[]): string {
+  const cells = rows.map((r) => cols.map((c) => cell(c, r)));
+  const widths = cols.map((c, i) => Math.max(c.header.length, ...cells.map((row) => row[i].length)));
+  const pad = (s: string, i: number): string => (cols[i].align === 'left' ? s.padEnd(widths[i]) : s.padStart(widths[i]));
+  const lines = [cols.map((c, i) => pad(c.header, i)).join('  ').replace(/\s+$/, ''), widths.map((w) => '-'.repeat(w)).join('  ')];
+  for (const row of cells) lines.push(row.map((s, i) => pad(s, i)).join('  ').replace(/\s+$/, ''));
+  return lines.join('\n');
+}
+
+/** A GitHub-flavoured markdown table. */
+export function markdownTable<R>(rows: R[], cols: Column<R>[]): string {
+  const esc = (s: string): string => s.replace(/\|/g, '\\|');
+  const lines = [
+    `| ${cols.map((c) => esc(c.header)).join(' | ')} |`,
+    `|${cols.map((c) => (c.align === 'left' ? ':---' : '---:')).join('|')}|`,
+  ];
+  for (const r of rows) lines.push(`| ${cols.map((c) => esc(cell(c, r))).join(' | ')} |`);
+  return lines.join('\n');
+}
+
+export function fixed(x: number | null | undefined, digits: number): string {
+  if (x === null || x === undefined || !Number.isFinite(x)) return '';
+  return x.toFixed(digits);
+}
+
+/** 3 significant digits, plain notation for ordinary magnitudes and exponent notation for tiny ones. */
+export function sig(x: number | null | undefined): string {
+  if (x === null || x === undefined || !Number.isFinite(x)) return '';
+  if (x === 0) return '0';
+  const a = Math.abs(x);
+  if (a < 1e-3 || a >= 1e6) return x.toExponential(2);
+  return x.toPrecision(3);
+}
+
+export function mib(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1);
+}
+
+export function humanBytes(bytes: number): string {
+  if (bytes >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Linear-interpolated quantile of a list (q in [0, 1]). */
+export function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos),
+    hi = Math.ceil(pos);
+  return s[lo] + (s[hi] - s[lo]) * (pos - lo);
+}
