@@ -4,14 +4,71 @@ import { KVCache, PRESET_NAMES, PresetName } from '../lib';
 import { cacheState, configFor, encodePages, encodeRing, encodeSink, referenceAttention, rowRelativeErrors, CacheState } from '../lib/reference';
 import { backendCases, maxOf, randomKV, randomVector, rng, testSeed } from './support';
 
-// Tolerances, per output row (one query head), relative L2 error vs the fp64 reference:
-//  - float paths (fp16, KIVI-style): 1e-4. Products and sums run in fp32 over <= ~1300 tokens.
-//  - InnerQ integer paths: the query (resp. probabilities) are quantized to int8 per 32-slice once per step
-//    (DESIGN.md §3); each slice element is off by at most σ/2 = max|slice|/254, i.e. up to 0.4% of the slice
-//    maximum, so scores and outputs carry ~0.1-1% relative error. Bound: 2e-2 per row.
+// Tolerances:
+//  - float paths (fp16, KIVI-style, and every path of the sim/cuda kernels): relative L2 error per output row
+//    (one query head) <= 1e-4 vs the fp64 reference. Products and sums run in fp32 over <= ~1300 tokens.
+//  - InnerQ integer paths of the cpu backend: the folded query and the probabilities are quantized to int8 per
+//    32-slice once per step (DESIGN.md §3), so the error is not a fixed fraction: every output element is
+//    checked against the bound derived in int8Bound() below, and rows must stay within 5e-2 relative error.
 const FLOAT_TOL = 1e-4;
-const INT8_TOL = 2e-2;
-const tolFor = (preset: PresetName) => (preset.startsWith('innerq') ? INT8_TOL : FLOAT_TOL);
+const INT8_ROW_TOL = 5e-2;
+const usesInt8 = (label: string, preset: PresetName) => label.startsWith('cpu') && preset.startsWith('innerq');
+
+/**
+ * Per-element error bound of the cpu InnerQ integer path against the fp64 reference on the dequantized cache.
+ * Scores: each 32-channel slice s of the folded query q' is replaced by σ_s·round(q'/σ_s), σ_s = max|q'_s|/127,
+ * so a quantized token's score moves by at most δ_t = Σ_s (σ_s/2)·Σ_{j∈s} |k̂_tj| / √d (fp16 tokens: 0).
+ * Softmax: with Δ = max_t δ_t every probability moves by a factor in [e^-2Δ, e^2Δ], so
+ * |p̃_t - p_t| <= p_t (e^2Δ - 1). Values: each 32-token slice of quantized value tokens is replaced by its
+ * int8 image (σ = max p̃/127), an error of at most Σ_slices (max_slice p̃ / 254)·Σ_{t∈slice} |v̂_tj|.
+ * Plus fp32 rounding, bounded by 1e-5 of Σ_t p_t|v̂_tj|.
+ */
+function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Float64Array {
+  const { tokens: T, kvHeads, headDim: d, keyNorm, sinkHeld } = state;
+  const S = state.config.sinkTokens, r = qHeads / kvHeads;
+  const bound = new Float64Array(qHeads * d);
+  for (let h = 0; h < qHeads; h++) {
+    const kh = Math.floor(h / r);
+    const qf = new Float64Array(d);
+    for (let j = 0; j < d; j++) qf[j] = query[h * d + j] * (keyNorm ? keyNorm[kh * d + j] : 1);
+    const sigma = new Float64Array(d / 32);
+    for (let s = 0; s < d / 32; s++) for (let j = s * 32; j < s * 32 + 32; j++) sigma[s] = Math.max(sigma[s], Math.abs(qf[j]) / 127);
+    const scores = new Float64Array(T);
+    let delta = 0;
+    for (let t = 0; t < T; t++) {
+      const quantizedKey = t >= S && t - S < state.quantizedKeys;
+      let dot = 0, dt = 0;
+      for (let j = 0; j < d; j++) {
+        const k = state.storedKeys[(t * kvHeads + kh) * d + j];
+        dot += (quantizedKey ? qf[j] : query[h * d + j]) * k;
+        if (quantizedKey) dt += (sigma[j >> 5] / 2) * Math.abs(k);
+      }
+      scores[t] = dot / Math.sqrt(d);
+      delta = Math.max(delta, dt / Math.sqrt(d));
+    }
+    let m = -Infinity;
+    for (const x of scores) m = Math.max(m, x);
+    let z = 0;
+    const p = scores.map((x) => Math.exp(x - m));
+    for (const x of p) z += x;
+    for (let t = 0; t < T; t++) p[t] /= z;
+    const grow = Math.exp(2 * delta);
+    for (let j = 0; j < d; j++) {
+      let mass = 0, valueSide = 0;
+      for (let t = 0; t < T; t++) mass += p[t] * Math.abs(state.storedValues[(t * kvHeads + kh) * d + j]);
+      for (let s0 = sinkHeld; s0 < sinkHeld + state.quantizedValues; s0 += 32) {
+        let pmax = 0, vsum = 0;
+        for (let t = s0; t < Math.min(s0 + 32, sinkHeld + state.quantizedValues); t++) {
+          pmax = Math.max(pmax, p[t]);
+          vsum += Math.abs(state.storedValues[(t * kvHeads + kh) * d + j]);
+        }
+        valueSide += (pmax * grow / 254) * vsum;
+      }
+      bound[h * d + j] = (grow - 1) * mass + valueSide + 1e-5 * mass + 1e-6;
+    }
+  }
+  return bound;
+}
 
 const SHAPES = [
   { ratio: 1, headDim: 64 }, { ratio: 4, headDim: 128 }, { ratio: 8, headDim: 64 },
@@ -24,12 +81,18 @@ function historyFor(keys: Float32Array, values: Float32Array, headDim: number, p
   return { kvHeads: KV_HEADS, headDim, keys, values, prefillTokens };
 }
 
-function checkAttend(cache: KVCache, state: CacheState, query: Float32Array, qHeads: number, tol: number, what: string): number {
+function checkAttend(cache: KVCache, state: CacheState, query: Float32Array, qHeads: number, int8: boolean, what: string): number {
   const out = new Float32Array(query.length).fill(NaN);  // poisoned: every element must be written
   cache.attend(0, query, out);
   const ref = referenceAttention(state, query, qHeads);
-  const errs = rowRelativeErrors(out, ref, state.headDim);
-  const worst = maxOf(errs);
+  const worst = maxOf(rowRelativeErrors(out, ref, state.headDim));
+  if (int8) {
+    const bound = int8Bound(state, query, qHeads);
+    for (let i = 0; i < out.length; i++) {
+      if (!(Math.abs(out[i] - ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - ref[i])} > derived bound ${bound[i]}`);
+    }
+  }
+  const tol = int8 ? INT8_ROW_TOL : FLOAT_TOL;
   if (!(worst <= tol)) throw new Error(`${what}: worst row relative error ${worst} > ${tol}`);
   return worst;
 }
@@ -69,51 +132,64 @@ function checkLayout(cache: KVCache, state: CacheState, what: string): void {
   if (snap.keyNorm && state.keyNorm) for (let i = 0; i < row; i++) if (snap.keyNorm[i] !== state.keyNorm[i]) fail(`keyNorm[${i}]`);
 }
 
-describe.each(backendCases())('KVCache on $label', ({ label, options }) => {
-  const seed = testSeed(`cache.test ${label}`);
+// The fp64 reference is the expensive part, so every backend runs on the same inputs inside one loop and
+// each expected state is computed once.
+describe('KVCache on every backend', () => {
+  const cases = backendCases();
+  const seed = testSeed('cache.test');
+  const make = (preset: PresetName, qHeads: number, headDim: number, maxTokens: number) =>
+    cases.map(({ label, options }) => ({ label, cache: new KVCache({ layers: 1, qHeads, kvHeads: KV_HEADS, headDim, maxTokens, preset, ...options }) }));
 
-  test.each(PRESET_NAMES.map((p) => [p]))('%s: attend after prefills of 1..1000 tokens, GQA 1/4/8, d 64/128', (preset) => {
+  test.each(PRESET_NAMES.map((p) => [p]))('%s: attend and layout after prefills of 1..1000 tokens, GQA 1/4/8, d 64/128', (preset) => {
     const r = rng(seed ^ preset.length * 7919);
-    const worst: number[] = [];
+    const worst = new Map<string, number>();
     for (const { ratio, headDim } of SHAPES) {
       for (const prefill of PREFILLS) {
         const qHeads = KV_HEADS * ratio;
-        const cache = new KVCache({ layers: 1, qHeads, kvHeads: KV_HEADS, headDim, maxTokens: 2048, preset, ...options });
         const { keys, values } = randomKV(r, prefill, KV_HEADS, headDim);
-        cache.prefill(0, keys, values);
         const state = cacheState(configFor(preset), historyFor(keys, values, headDim, prefill));
         const query = randomVector(r, qHeads * headDim);
-        worst.push(checkAttend(cache, state, query, qHeads, tolFor(preset), `${label} ${preset} r=${ratio} d=${headDim} prefill=${prefill}`));
-        checkLayout(cache, state, `${label} ${preset} prefill=${prefill}`);
-        cache.dispose();
+        for (const { label, cache } of make(preset, qHeads, headDim, 2048)) {
+          cache.prefill(0, keys, values);
+          const what = `${label} ${preset} r=${ratio} d=${headDim} prefill=${prefill}`;
+          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, state, query, qHeads, usesInt8(label, preset), what)));
+          checkLayout(cache, state, what);
+          cache.dispose();
+        }
       }
     }
-    console.log(`${label} ${preset}: worst row error after prefill ${maxOf(worst).toExponential(2)}`);
+    for (const [label, w] of worst) console.log(`${label} ${preset}: worst row error after prefill ${w.toExponential(2)}`);
   });
 
   test.each(PRESET_NAMES.map((p, i) => [p, i]))('%s: attend and layout after each of 300 appends', (preset, i) => {
-    const r = rng(seed ^ (i + 1) * 104729);
+    const r = rng(seed ^ ((i as number) + 1) * 104729);
     const { ratio, headDim } = SHAPES[(i as number) % SHAPES.length];
     const qHeads = KV_HEADS * ratio;
-    let worst = 0;
+    const worst = new Map<string, number>();
     for (const prefill of [1, 129]) {
       const total = prefill + 300;
       const { keys, values } = randomKV(r, total, KV_HEADS, headDim);
       const row = KV_HEADS * headDim;
-      const cache = new KVCache({ layers: 1, qHeads, kvHeads: KV_HEADS, headDim, maxTokens: total, preset, ...options });
-      cache.prefill(0, keys.subarray(0, prefill * row), values.subarray(0, prefill * row));
+      const runs = make(preset, qHeads, headDim, total);
+      for (const { cache } of runs) cache.prefill(0, keys.subarray(0, prefill * row), values.subarray(0, prefill * row));
       const history = historyFor(keys, values, headDim, prefill);
       for (let t = prefill; t < total; t++) {
-        cache.append(0, keys.subarray(t * row, (t + 1) * row), values.subarray(t * row, (t + 1) * row));
         const state = cacheState(configFor(preset), history, t + 1);
-        checkLayout(cache, state, `${label} ${preset} prefill=${prefill} after token ${t}`);
-        worst = Math.max(worst, checkAttend(cache, state, randomVector(r, qHeads * headDim), qHeads, tolFor(preset), `${label} ${preset} prefill=${prefill} token ${t}`));
+        const query = randomVector(r, qHeads * headDim);
+        for (const { label, cache } of runs) {
+          cache.append(0, keys.subarray(t * row, (t + 1) * row), values.subarray(t * row, (t + 1) * row));
+          const what = `${label} ${preset} prefill=${prefill} after token ${t}`;
+          checkLayout(cache, state, what);
+          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, state, query, qHeads, usesInt8(label, preset), what)));
+        }
       }
-      expect(cache.length(0)).toBe(total);
-      expect(() => cache.append(0, keys.subarray(0, row), values.subarray(0, row))).toThrow(RangeError);
-      expect(cache.length(0)).toBe(total);
-      cache.dispose();
+      for (const { cache } of runs) {
+        expect(cache.length(0)).toBe(total);
+        expect(() => cache.append(0, keys.subarray(0, row), values.subarray(0, row))).toThrow(RangeError);
+        expect(cache.length(0)).toBe(total);
+        cache.dispose();
+      }
     }
-    console.log(`${label} ${preset} r=${ratio} d=${headDim}: worst row error over 600 appends ${worst.toExponential(2)}`);
+    for (const [label, w] of worst) console.log(`${label} ${preset} r=${ratio} d=${headDim}: worst row error over 600 appends ${w.toExponential(2)}`);
   });
 });
