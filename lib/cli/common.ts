@@ -64,8 +64,8 @@ export function backendList(raw: string): BackendChoice[] {
 export class Progress {
   private readonly on: boolean;
   private readonly started = Date.now();
-  constructor(quiet: boolean) {
-    this.on = !quiet && process.stderr.isTTY === true;
+  constructor(quiet: boolean, force = false) {
+    this.on = !quiet && (force || process.stderr.isTTY === true);
   }
   say(msg: string): void {
     if (this.on) process.stderr.write(`[${((Date.now() - this.started) / 1000).toFixed(1).padStart(6)} s] ${msg}\n`);

@@ -20,7 +20,7 @@ export interface EvalConfig {
 export function evalConfigs(presets: PresetName[], ablations: boolean): EvalConfig[] {
   const out: EvalConfig[] = presets.map((p) => ({ name: p, preset: p, overrides: {}, role: 'preset' as const }));
   if (presets.includes('innerq')) {
-    out.push({ name: 'innerq K2 (≤ kivi-2 bits)', preset: 'innerq', overrides: { keyBits: 2 }, role: 'equal-bits' });
+    if (presets.includes('kivi-2')) out.push({ name: 'innerq K2 (≤ kivi-2 bits)', preset: 'innerq', overrides: { keyBits: 2 }, role: 'equal-bits' });
     if (ablations) {
       out.push({ name: 'innerq −keyNorm', preset: 'innerq', overrides: { keyNorm: false }, role: 'ablation' });
       out.push({ name: 'innerq −sink (sinkTokens 0)', preset: 'innerq', overrides: { sinkTokens: 0 }, role: 'ablation' });

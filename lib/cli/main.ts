@@ -21,14 +21,15 @@ function writeFile(file: string, text: string, what: string): void {
   }
 }
 
-interface OutputOptions { json?: string; markdown?: string | boolean; svg?: string; quiet?: boolean }
+interface OutputOptions { json?: string; markdown?: string | boolean; svg?: string; quiet?: boolean; progress?: boolean }
 
 function addOutputOptions(c: Command): Command {
   return c
     .option('--json <file>', 'write the machine description, all parameters and all rows as JSON')
     .option('--markdown [file]', 'print markdown tables instead of the aligned table (or write them to <file>)')
     .option('--svg <file>', 'write the chart as an SVG file')
-    .option('-q, --quiet', 'no progress on stderr (progress is only shown when stderr is a terminal)');
+    .option('-q, --quiet', 'no progress on stderr (progress is only shown when stderr is a terminal)')
+    .option('--progress', 'show progress on stderr even when it is not a terminal (for logs of long runs)');
 }
 
 function emit(o: OutputOptions, text: string, markdown: string, json: unknown, svg: () => string): void {
@@ -93,7 +94,7 @@ function benchCommand(): Command {
       gemv: o.gemv !== false,
       seed: o.seed ?? 1,
     };
-    const r = await runBench(p, new Progress(!!o.quiet));
+    const r = await runBench(p, new Progress(!!o.quiet, !!o.progress));
     emit(o, benchText(r), benchMarkdown(r), r, () => svgDocument([latencyPanel(r)]));
   });
   return c;
@@ -165,7 +166,7 @@ function evalCommand(): Command {
       queries: o.queries ?? 4,
       qHeads: o.qHeads,
     };
-    const r = runEval(p, new Progress(!!o.quiet));
+    const r = runEval(p, new Progress(!!o.quiet, !!o.progress));
     emit(o, evalText(r), evalMarkdown(r), r, () => svgDocument([errorPanel(r)]));
   });
   return c;
