@@ -1,0 +1,45 @@
+#!/usr/bin/env node
+// npm run bench:record — runs `innerq bench` and `innerq eval` at their defaults on this machine and writes
+// bench/results/cpu-<cpu model>-<cores>c.{json,md,svg} (the JSON holds both runs in full). Extra arguments go
+// to `innerq bench` (e.g. `npm run bench:record -- --quick`). Needs the build (`node scripts/build.js`).
+'use strict';
+const { spawnSync } = require('child_process');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const root = path.resolve(__dirname, '..');
+const main = path.join(root, 'dist', 'cli', 'main.js');
+if (!fs.existsSync(main)) {
+  console.error('bench:record: dist/cli/main.js is missing; run `node scripts/build.js` first');
+  process.exit(2);
+}
+const report = require(path.join(root, 'dist', 'cli', 'report.js'));
+const outDir = path.join(root, 'bench', 'results');
+fs.mkdirSync(outDir, { recursive: true });
+const cpus = os.cpus();
+const slug = `cpu-${(cpus[0] ? cpus[0].model : 'unknown').toLowerCase().replace(/\(r\)|\(tm\)|processor|cpu/g, '').replace(/[^a-z0-9.]+/g, '-').replace(/^-+|-+$/g, '')}-${cpus.length}c`;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'innerq-record-'));
+
+function run(args) {
+  const r = spawnSync(process.execPath, [main, ...args], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) {
+    console.error(`bench:record: innerq ${args[0]} failed with exit code ${r.status}`);
+    process.exit(r.status || 1);
+  }
+}
+
+const benchJson = path.join(tmp, 'bench.json');
+const evalJson = path.join(tmp, 'eval.json');
+run(['bench', '--progress', '--json', benchJson, ...process.argv.slice(2)]);
+run(['eval', '--progress', '--json', evalJson]);
+const bench = JSON.parse(fs.readFileSync(benchJson, 'utf8'));
+const evalResult = JSON.parse(fs.readFileSync(evalJson, 'utf8'));
+const base = path.join(outDir, slug);
+fs.writeFileSync(`${base}.json`, JSON.stringify({ bench, eval: evalResult }, null, 2) + '\n');
+fs.writeFileSync(`${base}.md`, `# innerq results: ${bench.machine.cpuModel}, ${bench.machine.cores} cores (${bench.machine.date.slice(0, 10)})\n\n` +
+  `Recorded with \`npm run bench:record\` (\`innerq bench\` + \`innerq eval\` at their defaults).\n\n` +
+  report.benchMarkdown(bench) + '\n' + report.evalMarkdown(evalResult));
+fs.writeFileSync(`${base}.svg`, report.svgDocument([report.latencyPanel(bench), report.errorPanel(evalResult)]));
+fs.rmSync(tmp, { recursive: true, force: true });
+console.error(`bench:record: wrote ${path.relative(root, base)}.json, .md and .svg`);
