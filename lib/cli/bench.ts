@@ -108,6 +108,8 @@ export interface BenchResult {
   boundness: BoundnessRow[];
   targets: TargetCheck[];
   seconds: number;
+  /** os.loadavg() when the run ended (machine.loadAverage is at its start): other work disturbs timings */
+  loadAverageAfter: number[];
 }
 
 
@@ -399,7 +401,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
     });
   }
 
-  return { tool: 'innerq bench', machine, parameters: p, bandwidth, memoryEstimateBytes: estimate, rows, boundness, targets, seconds: (Date.now() - started) / 1000 };
+  return { tool: 'innerq bench', machine, parameters: p, bandwidth, memoryEstimateBytes: estimate, rows, boundness, targets, seconds: (Date.now() - started) / 1000, loadAverageAfter: os.loadavg().map((x) => Math.round(x * 100) / 100) };
 }
 
 /**

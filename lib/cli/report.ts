@@ -88,7 +88,7 @@ export function benchText(r: BenchResult): string {
   if (resident.length) parts.push('', 'cache-resident (1 layer attended repeatedly):', textTable(resident, benchColumns));
   if (r.boundness.length) parts.push('', 'memory- or compute-bound:', textTable(r.boundness, boundColumns));
   if (r.targets.length) parts.push('', 'targets (issue 4):', ...r.targets.map((t) => `  ${t.text}`));
-  parts.push('', benchNotes(), `(${r.seconds.toFixed(0)} s)`);
+  parts.push('', benchNotes(), `(${r.seconds.toFixed(0)} s; load average at the end ${(r.loadAverageAfter ?? []).join(' ')})`);
   return parts.join('\n');
 }
 
@@ -99,7 +99,7 @@ export function benchMarkdown(r: BenchResult): string {
   if (resident.length) parts.push('', 'Cache-resident (1 layer attended repeatedly):', '', markdownTable(resident, benchColumns));
   if (r.boundness.length) parts.push('', 'Memory- or compute-bound:', '', markdownTable(r.boundness, boundColumns));
   if (r.targets.length) parts.push('', 'Targets (issue 4):', '', ...r.targets.map((t) => `- ${t.text}`));
-  parts.push('', ...benchNotes().split('\n').map((l) => `${l}  `));
+  parts.push('', ...benchNotes().split('\n').map((l) => `${l}  `), `Run time ${r.seconds.toFixed(0)} s; load average at the end ${(r.loadAverageAfter ?? []).join(' ')}.`);
   return parts.join('\n') + '\n';
 }
 
@@ -166,7 +166,7 @@ function panelSvg(p: Panel, x0: number, y0: number, w: number, h: number): strin
   for (const t of niceTicks(yl, yh, !!p.logY)) {
     const y = fy(t);
     o.push(`<line x1="${x0 + m.l}" y1="${y.toFixed(1)}" x2="${x0 + w - m.r}" y2="${y.toFixed(1)}" stroke="#eee"/>`);
-    o.push(`<text x="${x0 + m.l - 6}" y="${(y + 4).toFixed(1)}" text-anchor="end" font-size="11">${sig(t)}</text>`);
+    o.push(`<text x="${x0 + m.l - 6}" y="${(y + 4).toFixed(1)}" text-anchor="end" font-size="11">${Number(t.toPrecision(3))}</text>`);
   }
   o.push(`<text x="${x0 + (w - m.r + m.l) / 2}" y="${y0 + h - 8}" text-anchor="middle" font-size="12">${esc(p.xLabel)}</text>`);
   o.push(`<text transform="translate(${x0 + 16},${y0 + (h - m.b + m.t) / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(p.yLabel)}</text>`);
