@@ -64,8 +64,13 @@ function benchHeader(r: BenchResult): string[] {
   const lines = [
     `innerq bench — ${describeMachine(r.machine)}`,
     `shape: ${p.layers} layers × ${p.qHeads} q heads / ${p.kvHeads} kv heads × d ${p.headDim}; contexts ${p.contexts.join(', ')}; ` +
-      (p.allLayers ? 'every layer filled' : `a step attends all ${p.layers} layers, rotating over distinct layers totalling ≥ ${p.workingSetMiB} MiB per preset (each from DRAM)`),
+      (p.allLayers ? 'every layer filled' : `a step attends all ${p.layers} layers, rotating over distinct layers (working-set target ${p.workingSetMiB} MiB per preset)`),
   ];
+  const steps = r.rows.filter((x) => x.kind === 'step' && x.distinctLayers < p.layers);
+  if (steps.length) {
+    const held = steps.map((x) => x.bytesPerLayer * x.distinctLayers);
+    lines.push(`distinct cache memory per preset and context: ${mib(Math.min(...held))}–${mib(Math.max(...held))} MiB (L3 32 MiB), ${Math.min(...steps.map((x) => x.distinctLayers))}–${Math.max(...steps.map((x) => x.distinctLayers))} distinct layers`);
+  }
   if (r.bandwidth) {
     lines.push(`read bandwidth: ${Object.entries(r.bandwidth.gbps).map(([t, g]) => `${t} thread${t === '1' ? '' : 's'} ${g.toFixed(1)} GB/s`).join(', ')} (${r.bandwidth.method})`);
   }
