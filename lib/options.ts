@@ -127,7 +127,8 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   } else if (headDim % groupSize !== 0) {
     throw v.rangeError(`a multiple of groupSize (${groupSize}); supported: headDim a multiple of 32, 64 or 128 up to 256 with the matching groupSize`, 'options.headDim', headDim);
   }
-  if (method === 'fp16' && headDim % 8 !== 0) throw v.rangeError('a multiple of 8', 'options.headDim', headDim);
+  // Every backend reads fp16 rows in 32-channel blocks (the cpu backend rejected other head dims at the first quantize).
+  if (method === 'fp16' && headDim % 32 !== 0) throw v.rangeError('a multiple of 32', 'options.headDim', headDim);
   const pageTokens = o.pageTokens === undefined ? 256 : v.integer(o.pageTokens, 'options.pageTokens', 128, LIMITS.pageTokens);
   if (pageTokens % 128 !== 0) throw v.rangeError('a multiple of 128 between 128 and 8192', 'options.pageTokens', pageTokens);
   const backend = o.backend === undefined ? 'auto' : v.oneOf(o.backend, 'options.backend', BACKENDS);

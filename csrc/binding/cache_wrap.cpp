@@ -70,7 +70,8 @@ class AttendWorker : public Napi::AsyncWorker {
   }
   void OnError(const Napi::Error& e) override {
     Napi::Error err = Napi::Error::New(Env(), e.Message());
-    if (status_ != Status::Ok) err.Set("code", Napi::String::New(Env(), statusCode(status_)));
+    // status_ stays Ok only when Execute found the cache disposed: the same code as every call after dispose().
+    err.Set("code", Napi::String::New(Env(), status_ != Status::Ok ? statusCode(status_) : "ERR_INNERQ_DISPOSED"));
     Callback().Call({err.Value()});
   }
 

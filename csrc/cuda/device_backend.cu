@@ -148,7 +148,9 @@ class DeviceBackend final : public Backend {
     if (v.kvHeads <= 0 || qh % v.kvHeads != 0) return unsupported("qHeads must be a multiple of kvHeads");
     const int r = qh / v.kvHeads;
     if (r > dev::kMaxHeadsPerBlock && r % dev::kMaxHeadsPerBlock != 0) return unsupported("GQA ratio above 8 must be a multiple of 8");
-    if (d % 32 != 0 || d < 32 || d > 256) return unsupported("head dim must be a multiple of 32 in [32, 256]");
+    // The kernels split a row over d/8 (or d/U) lanes and reduce with width-(d/8) shuffles: that needs a power of two.
+    // d = 96/160/224 wrote past the shared reduction buffer (heap corruption under sim; found by the fuzzer).
+    if (d < 32 || d > 256 || (d & (d - 1)) != 0) return unsupported("head dim must be 32, 64, 128 or 256 on the cuda/sim backends");
     if (!formatSupported(v.keyFormat, d) || !formatSupported(v.valueFormat, d)) return unsupported("matrix format");
 
     // Chunks: maximal runs of tokens with one place per matrix, at most kChunkTokens long.
