@@ -113,7 +113,7 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
 
 __device__ __forceinline__ double loadElement(const QuantParams& p, int row, int head, int channel) {
   uint16_t h = p.rows[((size_t)row * p.kvHeads + head) * p.headDim + channel];
-  if (p.keyNorm) h = normalizeKeyHalf(h, p.keyNorm[head * p.headDim + channel]);
+  if (p.keyNorm) h = normalizeKey(h, p.keyNorm[head * p.headDim + channel]);
   return halfToDouble(h);
 }
 
@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(256) appendFp16RowsKernel(QuantParams p) {
   if (i >= total) return;
   const int row = (int)(i / ((long long)p.kvHeads * p.headDim)), head = (int)(i / p.headDim % p.kvHeads), j = (int)(i % p.headDim);
   uint16_t h = p.rows[i];
-  if (p.keyNorm) h = normalizeKeyHalf(h, p.keyNorm[head * p.headDim + j]);
+  if (p.keyNorm) h = normalizeKey(h, p.keyNorm[head * p.headDim + j]);
   const int qi = p.firstQuantized + row;
   uint8_t* page = p.pages[qi / p.pageTokens - p.firstQuantized / p.pageTokens];
   reinterpret_cast<uint16_t*>(page + p.m.codesOffset + head * p.m.codesHeadBytes)[(size_t)(qi % p.pageTokens) * p.headDim + j] = h;

@@ -3,8 +3,9 @@
 //
 // Input: G binary16 values (the cache stores fp16-precision data; callers round inputs to fp16 first).
 // All arithmetic is in double. Every quantity involved is a multiple of 2^-24 below 2^18 in magnitude, so
-// differences, products with codes (< 2^8) and the L1 sums over <= 128 elements are exact in double: the
-// result is independent of summation order and identical in C++, CUDA and JavaScript.
+// differences, products with codes (< 2^8) and the L1 sums over <= 128 elements are exact in double (order
+// free); the divisions x/s and the +0.5 before floor are correctly rounded IEEE operations. Either way the
+// result is identical in C++, CUDA and JavaScript.
 #pragma once
 #include <cmath>
 #include "compat.cuh"
@@ -115,10 +116,4 @@ IQ_HD float dequantizeCode(int u, uint16_t scaleBits, uint16_t zeroBits, int bit
   return s * (float)(u - symOffset(bits));
 }
 
-}  // namespace innerq
-
-namespace innerq {
-// Key normalization applied before quantization (keys are stored as K/f): the quotient is formed in double
-// and rounded once to binary16, saturating, so a finite key never becomes Inf. Shared by every backend.
-IQ_HD uint16_t normalizeKeyHalf(uint16_t k, float f) { return doubleToHalfSaturate(halfToDouble(k) / (double)f); }
 }  // namespace innerq

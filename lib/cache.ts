@@ -3,6 +3,7 @@ import * as v from './validate';
 import { native, NativeCacheInstance, NativeSnapshot } from './native';
 import { chooseBackend } from './backends';
 import * as persist from './persist';
+import { DeviceBuffer, DeviceDtype, ForeignDevicePointer, checkForeign, elementBytes } from './device';
 import { KVCacheOptions, ResolvedOptions, SIM_ORDERS, nativeConfig, resolveOptions } from './options';
 
 export interface KVCacheStats {
@@ -21,6 +22,22 @@ export interface KVCacheStats {
   /** fp16 bytes / held bytes. */
   compressionRatio: number;
   pages: { inUse: number; allocated: number };
+}
+
+/** Options of calls that read device memory. */
+export interface DeviceCallOptions {
+  /** A cudaStream_t (as a BigInt) that produces the inputs: the call waits for it first. Ignored on cpu/sim. */
+  stream?: bigint;
+}
+
+function streamOf(opts: DeviceCallOptions | undefined): bigint | undefined {
+  if (opts === undefined) return undefined;
+  const o = v.plainObject(opts, 'opts');
+  v.knownKeys(o, 'opts', ['stream']);
+  if (o.stream === undefined) return undefined;
+  if (typeof o.stream !== 'bigint') throw v.typeError('BigInt cudaStream_t handle', 'opts.stream', o.stream);
+  if (o.stream < 0n || o.stream >= 1n << 64n) throw v.rangeError('64-bit stream handle', 'opts.stream', o.stream);
+  return o.stream;
 }
 
 function disposedError(method: string): Error {
@@ -63,13 +80,17 @@ export class KVCache {
 
   /**
    * Fill an empty layer with a prompt's keys and values, each [tokens][kvHeads][headDim] as a Float32Array
-   * (rounded to fp16) or a Uint16Array of fp16 bits. Computes the key normalization from the non-sink tokens.
+   * (rounded to fp16), a Uint16Array of fp16 bits, or an 'f16' DeviceBuffer (see createDeviceBuffer).
+   * Computes the key normalization from the non-sink tokens.
    */
-  prefill(layer: number, keys: Float32Array | Uint16Array, values: Float32Array | Uint16Array): void {
+  prefill(layer: number, keys: Float32Array | Uint16Array | DeviceBuffer, values: Float32Array | Uint16Array | DeviceBuffer, opts?: DeviceCallOptions): void {
     const h = this.live('prefill');
     const l = this.layerIndex(layer);
-    const n = v.tokenRows(keys, 'keys', this.rowLength);
-    v.tokenRows(values, 'values', this.rowLength, n);
+    const device = keys instanceof DeviceBuffer;
+    const n = device ? this.deviceRows(keys, 'keys') : v.tokenRows(keys, 'keys', this.rowLength);
+    if (device) {
+      if (this.deviceRows(values, 'values') !== n) throw v.rangeError(`'f16' DeviceBuffer of ${n} elements`, 'values', values);
+    } else v.tokenRows(values, 'values', this.rowLength, n);
     const tokens = n / this.rowLength;
     if (this.tokensPerLayer[l] !== 0) {
       throw new RangeError(`Expected an empty layer for layer but received ${l} (holding ${this.tokensPerLayer[l]} tokens) of type number; use append() or reset(layer) first`);
@@ -77,21 +98,62 @@ export class KVCache {
     if (tokens > this.options.maxTokens) {
       throw v.rangeError(`at most maxTokens (${this.options.maxTokens}) tokens of ${this.rowLength} elements`, 'keys', keys);
     }
-    h.prefill(l, keys, values, tokens);
+    if (device) h.prefillDevice(l, keys.address, (values as DeviceBuffer).address, tokens, streamOf(opts));
+    else h.prefill(l, keys, values as Float32Array | Uint16Array, tokens);
     this.tokensPerLayer[l] = tokens;
   }
 
-  /** Append one token's key and value, each [kvHeads][headDim]. */
-  append(layer: number, key: Float32Array | Uint16Array, value: Float32Array | Uint16Array): void {
+  /** Append one token's key and value, each [kvHeads][headDim] (host arrays or 'f16' DeviceBuffers). */
+  append(layer: number, key: Float32Array | Uint16Array | DeviceBuffer, value: Float32Array | Uint16Array | DeviceBuffer, opts?: DeviceCallOptions): void {
     const h = this.live('append');
     const l = this.layerIndex(layer);
-    v.tokenRows(key, 'key', this.rowLength, this.rowLength);
-    v.tokenRows(value, 'value', this.rowLength, this.rowLength);
+    const device = key instanceof DeviceBuffer;
+    if (device) {
+      for (const [b, name] of [[key, 'key'], [value, 'value']] as const) {
+        if (this.deviceRows(b, name) !== this.rowLength) throw v.rangeError(`'f16' DeviceBuffer of ${this.rowLength} elements`, name, b);
+      }
+    } else {
+      v.tokenRows(key, 'key', this.rowLength, this.rowLength);
+      v.tokenRows(value, 'value', this.rowLength, this.rowLength);
+    }
     if (this.tokensPerLayer[l] >= this.options.maxTokens) {
       throw new RangeError(`Expected a layer below maxTokens (${this.options.maxTokens}) for layer but received ${l} (full) of type number; the cache is unchanged`);
     }
-    h.append(l, key, value);
+    if (device) h.appendDevice(l, key.address, (value as DeviceBuffer).address, streamOf(opts));
+    else h.append(l, key, value as Float32Array | Uint16Array);
     this.tokensPerLayer[l]++;
+  }
+
+  /** Element count of an 'f16' DeviceBuffer of this backend holding whole token rows. */
+  private deviceRows(b: unknown, name: string): number {
+    const what = `'f16' DeviceBuffer of this cache's backend (${this.backend}) with a positive multiple of ${this.rowLength} elements`;
+    if (!(b instanceof DeviceBuffer)) throw v.typeError(what, name, b);
+    if (b.freed) throw v.rangeError(`${what} (it was freed)`, name, b);
+    if (b.dtype !== 'f16' || b.backend !== this.backend || b.length === 0 || b.length % this.rowLength !== 0) throw v.rangeError(what, name, b);
+    return b.length;
+  }
+
+  /**
+   * Allocate `length` elements of `dtype` in this cache's backend memory (GPU memory on cuda, emulated device
+   * memory on sim, host memory on cpu). Freed by buffer.free() or when the cache is disposed.
+   */
+  createDeviceBuffer(dtype: DeviceDtype, length: number): DeviceBuffer {
+    const h = this.live('createDeviceBuffer');
+    const d = v.oneOf(dtype, 'dtype', ['f16', 'f32'] as const);
+    const n = v.integer(length, 'length', 1, 2 ** 40);
+    const bytes = n * elementBytes(d);
+    return new DeviceBuffer(() => this.live('DeviceBuffer'), this.backend, h.deviceAlloc(bytes), bytes, d, true);
+  }
+
+  /**
+   * Wrap memory another library allocated on this cache's device (e.g. a framework's CUDA tensor) without
+   * copying: { address: BigInt, byteLength, dtype }. The caller keeps it alive and owns it. On the sim backend
+   * the address must be emulated device memory; a host address is reported as a device error.
+   */
+  wrapDevicePointer(pointer: ForeignDevicePointer): DeviceBuffer {
+    this.live('wrapDevicePointer');
+    const p = checkForeign(pointer);
+    return new DeviceBuffer(() => this.live('DeviceBuffer'), this.backend, p.address, p.byteLength, p.dtype, false);
   }
 
   private checkAttend(method: string, layer: unknown, query: unknown, out: unknown): [NativeCacheInstance, number, Float32Array, Float32Array] {
@@ -117,7 +179,25 @@ export class KVCache {
    * [qHeads][headDim]; query head h uses kv head ⌊h / (qHeads/kvHeads)⌋. Returns [qHeads][headDim]
    * (written into `out` when given).
    */
-  attend(layer: number, query: Float32Array, out?: Float32Array): Float32Array {
+  attend(layer: number, query: Float32Array, out?: Float32Array): Float32Array;
+  /** attend() with the query and output in device memory ('f32' DeviceBuffers of qHeads*headDim elements). */
+  attend(layer: number, query: DeviceBuffer, out: DeviceBuffer, opts?: DeviceCallOptions): DeviceBuffer;
+  attend(layer: number, query: Float32Array | DeviceBuffer, out?: Float32Array | DeviceBuffer, opts?: DeviceCallOptions): Float32Array | DeviceBuffer {
+    if (query instanceof DeviceBuffer) {
+      const h = this.live('attend');
+      const l = this.layerIndex(layer);
+      const len = this.options.qHeads * this.options.headDim;
+      const what = `'f32' DeviceBuffer of this cache's backend (${this.backend}) with ${len} elements`;
+      for (const [b, name] of [[query, 'query'], [out, 'out']] as const) {
+        if (!(b instanceof DeviceBuffer)) throw v.typeError(what, name, b);
+        if (b.freed || b.dtype !== 'f32' || b.backend !== this.backend || b.length !== len) throw v.rangeError(what, name, b);
+      }
+      if (this.tokensPerLayer[l] === 0) {
+        throw new RangeError(`Expected a layer holding at least one token for layer but received ${l} (empty) of type number`);
+      }
+      h.attendDevice(l, query.address, (out as DeviceBuffer).address, streamOf(opts));
+      return out as DeviceBuffer;
+    }
     const [h, l, q, o] = this.checkAttend('attend', layer, query, out);
     h.attend(l, q, o);
     return o;
@@ -179,6 +259,41 @@ export class KVCache {
   snapshot(layer: number): NativeSnapshot {
     const h = this.live('snapshot');
     return h.snapshot(this.layerIndex(layer));
+  }
+
+  /**
+   * The key GEMV of a decode step alone (cpu backend only; for benchmarks): scores[h][t] = q_h·K_t/√d over
+   * every token of the layer, key normalization folded in. Returns [qHeads][length(layer)].
+   */
+  keyScores(layer: number, query: Float32Array, scores?: Float32Array): Float32Array {
+    const h = this.live('keyScores');
+    const l = this.layerIndex(layer);
+    const q = v.floatVector(query, 'query', this.options.qHeads * this.options.headDim);
+    const n = this.options.qHeads * this.tokensPerLayer[l];
+    const out = scores ?? new Float32Array(n);
+    if (!(out instanceof Float32Array) || out.length !== n) throw v.rangeError(`Float32Array of length ${n}`, 'scores', out);
+    h.keyScores(l, q, out);
+    return out;
+  }
+
+  /**
+   * The value GEMV of a decode step alone (cpu backend only; for benchmarks): out[h] = Σ_t probs[h][t]·V_t.
+   * probs is [qHeads][length(layer)], non-negative.
+   */
+  valueSum(layer: number, probs: Float32Array, out?: Float32Array): Float32Array {
+    const h = this.live('valueSum');
+    const l = this.layerIndex(layer);
+    const p = v.floatVector(probs, 'probs', this.options.qHeads * this.tokensPerLayer[l]);
+    const len = this.options.qHeads * this.options.headDim;
+    const o = out ?? new Float32Array(len);
+    if (!(o instanceof Float32Array) || o.length !== len) throw v.rangeError(`Float32Array of length ${len}`, 'out', o);
+    h.valueSum(l, p, o);
+    return o;
+  }
+
+  /** Which kernels run this cache ('avx2' / 'portable' on cpu, else the backend name) and with how many threads. */
+  kernelInfo(): { kernels: string; threads: number; pageBytes: number; ringCapacity: number } {
+    return this.live('kernelInfo').geometry();
   }
 
   /** Release all memory. Idempotent; any later call except dispose() throws. */

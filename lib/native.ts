@@ -28,6 +28,17 @@ export interface NativeCacheInstance {
   stats(): NativeStats;
   keyNormFactors(layer: number): Float32Array | null;
   snapshot(layer: number): NativeSnapshot;
+  restore(layer: number, snapshot: NativeSnapshot): void;
+  keyScores(layer: number, query: Float32Array, scores: Float32Array): void;
+  valueSum(layer: number, probs: Float32Array, out: Float32Array): void;
+  deviceAlloc(bytes: number): bigint;
+  deviceFree(address: bigint): boolean;
+  deviceWrite(address: bigint, data: ArrayBufferView): void;
+  deviceRead(address: bigint, data: ArrayBufferView): void;
+  prefillDevice(layer: number, keys: bigint, values: bigint, tokens: number, stream?: bigint): void;
+  appendDevice(layer: number, key: bigint, value: bigint, stream?: bigint): void;
+  attendDevice(layer: number, query: bigint, out: bigint, stream?: bigint): void;
+  geometry(): { pageBytes: number; ringCapacity: number; kernels: string; threads: number };
   reset(layer: number): void;
   dispose(): void;
   backendName(): string;

@@ -81,15 +81,22 @@ function historyFor(keys: Float32Array, values: Float32Array, headDim: number, p
   return { kvHeads: KV_HEADS, headDim, keys, values, prefillTokens };
 }
 
-function checkAttend(cache: KVCache, state: CacheState, query: Float32Array, qHeads: number, int8: boolean, what: string): number {
-  const out = new Float32Array(query.length).fill(NaN);  // poisoned: every element must be written
-  cache.attend(0, query, out);
-  const ref = referenceAttention(state, query, qHeads);
-  const worst = maxOf(rowRelativeErrors(out, ref, state.headDim));
+interface Expected { state: CacheState; query: Float32Array; ref: Float64Array; bound: Float64Array | null; layout: ExpectedLayout }
+
+/** Everything a backend's result is compared with, computed once per step for all backends. */
+function expect_(state: CacheState, query: Float32Array, qHeads: number, pageTokens: number, ringCapacity: number, int8: boolean): Expected {
+  return { state, query, ref: referenceAttention(state, query, qHeads), bound: int8 ? int8Bound(state, query, qHeads) : null,
+    layout: expectedLayout(state, pageTokens, ringCapacity) };
+}
+
+function checkAttend(cache: KVCache, e: Expected, int8: boolean, what: string): number {
+  const out = new Float32Array(e.query.length).fill(NaN);  // poisoned: every element must be written
+  cache.attend(0, e.query, out);
+  const worst = maxOf(rowRelativeErrors(out, e.ref, e.state.headDim));
   if (int8) {
-    const bound = int8Bound(state, query, qHeads);
+    const bound = e.bound!;
     for (let i = 0; i < out.length; i++) {
-      if (!(Math.abs(out[i] - ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - ref[i])} > derived bound ${bound[i]}`);
+      if (!(Math.abs(out[i] - e.ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - e.ref[i])} > derived bound ${bound[i]}`);
     }
   }
   const tol = int8 ? INT8_ROW_TOL : FLOAT_TOL;
@@ -106,8 +113,25 @@ function pageMask(state: CacheState, pageTokens: number): Uint8Array[] {
   return encodePages(ones, pageTokens).pages;
 }
 
+interface ExpectedLayout {
+  sink: { keys: Uint16Array; values: Uint16Array };
+  ring: { keys: { rows: Uint16Array; live: Uint8Array }; values: { rows: Uint16Array; live: Uint8Array } };
+  pages: Uint8Array[];
+  mask: Uint8Array[];
+}
+
+function expectedLayout(state: CacheState, pageTokens: number, ringCapacity: number): ExpectedLayout {
+  return {
+    sink: { keys: encodeSink(state, 'keys'), values: encodeSink(state, 'values') },
+    ring: { keys: encodeRing(state, 'keys', ringCapacity), values: encodeRing(state, 'values', ringCapacity) },
+    pages: encodePages(state, pageTokens).pages,
+    mask: pageMask(state, pageTokens),
+  };
+}
+
 /** The layer's memory, read back, equals what the reference says the cache holds. */
-function checkLayout(cache: KVCache, state: CacheState, what: string): void {
+function checkLayout(cache: KVCache, e: Expected, what: string): void {
+  const { state, layout } = e;
   const snap = cache.snapshot(0);
   const fail = (m: string) => { throw new Error(`${what}: ${m}`); };
   if (snap.tokens !== state.tokens) fail(`tokens ${snap.tokens} != ${state.tokens}`);
@@ -115,15 +139,15 @@ function checkLayout(cache: KVCache, state: CacheState, what: string): void {
   if (snap.quantizedValues !== state.quantizedValues) fail(`quantizedValues ${snap.quantizedValues} != ${state.quantizedValues}`);
   const row = state.kvHeads * state.headDim;
   for (const which of ['keys', 'values'] as const) {
-    const sink = encodeSink(state, which), got = which === 'keys' ? snap.sinkKeys : snap.sinkValues;
+    const sink = layout.sink[which], got = which === 'keys' ? snap.sinkKeys : snap.sinkValues;
     for (let i = 0; i < state.sinkHeld * row; i++) if (got[i] !== sink[i]) fail(`sink ${which} element ${i}`);
-    const ring = encodeRing(state, which, snap.ringCapacity), gotRing = which === 'keys' ? snap.ringKeys : snap.ringValues;
+    const ring = layout.ring[which], gotRing = which === 'keys' ? snap.ringKeys : snap.ringValues;
     for (let slot = 0; slot < snap.ringCapacity; slot++) {
       if (!ring.live[slot]) continue;
       for (let i = slot * row; i < (slot + 1) * row; i++) if (gotRing[i] !== ring.rows[i]) fail(`ring ${which} slot ${slot}`);
     }
   }
-  const expected = encodePages(state, snap.pageTokens).pages, mask = pageMask(state, snap.pageTokens);
+  const expected = layout.pages, mask = layout.mask;
   if (snap.pages.length < expected.length) fail(`${snap.pages.length} pages < ${expected.length}`);
   for (let p = 0; p < expected.length; p++)
     for (let i = 0; i < expected[p].length; i++)
@@ -149,11 +173,13 @@ describe('KVCache on every backend', () => {
         const { keys, values } = randomKV(r, prefill, KV_HEADS, headDim);
         const state = cacheState(configFor(preset), historyFor(keys, values, headDim, prefill));
         const query = randomVector(r, qHeads * headDim);
+        let e: Expected | undefined;
         for (const { label, cache } of make(preset, qHeads, headDim, 2048)) {
           cache.prefill(0, keys, values);
+          e ??= expect_(state, query, qHeads, cache.options.pageTokens, cache.kernelInfo().ringCapacity, preset.startsWith('innerq'));
           const what = `${label} ${preset} r=${ratio} d=${headDim} prefill=${prefill}`;
-          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, state, query, qHeads, usesInt8(label, preset), what)));
-          checkLayout(cache, state, what);
+          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, e, usesInt8(label, preset), what)));
+          checkLayout(cache, e, what);
           cache.dispose();
         }
       }
@@ -176,11 +202,13 @@ describe('KVCache on every backend', () => {
       for (let t = prefill; t < total; t++) {
         const state = cacheState(configFor(preset), history, t + 1);
         const query = randomVector(r, qHeads * headDim);
+        const info = runs[0].cache.kernelInfo();
+        const e = expect_(state, query, qHeads, runs[0].cache.options.pageTokens, info.ringCapacity, preset.startsWith('innerq'));
         for (const { label, cache } of runs) {
           cache.append(0, keys.subarray(t * row, (t + 1) * row), values.subarray(t * row, (t + 1) * row));
           const what = `${label} ${preset} prefill=${prefill} after token ${t}`;
-          checkLayout(cache, state, what);
-          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, state, query, qHeads, usesInt8(label, preset), what)));
+          checkLayout(cache, e, what);
+          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, e, usesInt8(label, preset), what)));
         }
       }
       for (const { cache } of runs) {

@@ -65,7 +65,10 @@ export function backendCases(): BackendCase[] {
   if (b.sim.compiled) cases.push({ label: 'sim', options: { backend: 'sim' } });
   else if (process.env.INNERQ_ALLOW_NO_SIM !== '1') throw new Error('the sim backend is not compiled: CI must run the CUDA kernels through sim');
   if (b.cuda.devices > 0) cases.push({ label: 'cuda', options: { backend: 'cuda' } });
-  else {
+  else if (process.env.INNERQ_REQUIRE_GPU === '1') {
+    // `npm run test:gpu` on a CUDA runner: a missing device is a failure, not a skip.
+    throw new Error(`INNERQ_REQUIRE_GPU=1 but no CUDA device is usable: ${b.cuda.compiled ? b.cuda.error ?? '0 devices' : 'the addon was built without CUDA'}`);
+  } else {
     // eslint-disable-next-line no-console
     console.log(`cuda backend not tested here: ${b.cuda.compiled ? `compiled, but ${b.cuda.error ?? 'no device'}` : 'not compiled'}`);
   }

@@ -35,6 +35,17 @@ class NativeCache : public Napi::ObjectWrap<NativeCache> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value KeyNormFactors(const Napi::CallbackInfo& info);
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
+  Napi::Value Restore(const Napi::CallbackInfo& info);
+  Napi::Value KeyScores(const Napi::CallbackInfo& info);
+  Napi::Value ValueSum(const Napi::CallbackInfo& info);
+  Napi::Value Geometry(const Napi::CallbackInfo& info);
+  Napi::Value DeviceAlloc(const Napi::CallbackInfo& info);
+  Napi::Value DeviceFree(const Napi::CallbackInfo& info);
+  Napi::Value DeviceWrite(const Napi::CallbackInfo& info);
+  Napi::Value DeviceRead(const Napi::CallbackInfo& info);
+  Napi::Value PrefillDevice(const Napi::CallbackInfo& info);
+  Napi::Value AppendDevice(const Napi::CallbackInfo& info);
+  Napi::Value AttendDevice(const Napi::CallbackInfo& info);
   Napi::Value Reset(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

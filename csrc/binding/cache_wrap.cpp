@@ -5,6 +5,7 @@
 
 #include "backends.h"
 #include "binding.h"
+#include "../cpu/cpu_backend.h"
 
 namespace innerq {
 namespace binding {
@@ -96,6 +97,17 @@ void NativeCache::Init(Napi::Env env, Napi::Object exports) {
     InstanceMethod("stats", &NativeCache::Stats),
     InstanceMethod("keyNormFactors", &NativeCache::KeyNormFactors),
     InstanceMethod("snapshot", &NativeCache::Snapshot),
+    InstanceMethod("restore", &NativeCache::Restore),
+    InstanceMethod("keyScores", &NativeCache::KeyScores),
+    InstanceMethod("valueSum", &NativeCache::ValueSum),
+    InstanceMethod("geometry", &NativeCache::Geometry),
+    InstanceMethod("deviceAlloc", &NativeCache::DeviceAlloc),
+    InstanceMethod("deviceFree", &NativeCache::DeviceFree),
+    InstanceMethod("deviceWrite", &NativeCache::DeviceWrite),
+    InstanceMethod("deviceRead", &NativeCache::DeviceRead),
+    InstanceMethod("prefillDevice", &NativeCache::PrefillDevice),
+    InstanceMethod("appendDevice", &NativeCache::AppendDevice),
+    InstanceMethod("attendDevice", &NativeCache::AttendDevice),
     InstanceMethod("reset", &NativeCache::Reset),
     InstanceMethod("dispose", &NativeCache::Dispose),
     InstanceMethod("backendName", &NativeCache::BackendName),
@@ -262,6 +274,161 @@ Napi::Value NativeCache::Snapshot(const Napi::CallbackInfo& info) {
     o.Set("keyNorm", f);
   }
   return o;
+}
+
+// restore(layer, snapshotObject): the facade checked every size against this cache's geometry().
+Napi::Value NativeCache::Restore(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  const Napi::Object o = info[1].As<Napi::Object>();
+  LayerSnapshot s;
+  s.tokens = intField(o, "tokens");
+  s.quantizedKeys = intField(o, "quantizedKeys");
+  s.quantizedValues = intField(o, "quantizedValues");
+  auto u16 = [&](const char* name, std::vector<uint16_t>* v) {
+    Napi::Uint16Array a = o.Get(name).As<Napi::Uint16Array>();
+    v->assign(a.Data(), a.Data() + a.ElementLength());
+  };
+  u16("sinkKeys", &s.sinkKeys);
+  u16("sinkValues", &s.sinkValues);
+  u16("ringKeys", &s.ringKeys);
+  u16("ringValues", &s.ringValues);
+  Napi::Array pages = o.Get("pages").As<Napi::Array>();
+  for (uint32_t i = 0; i < pages.Length(); i++) {
+    Napi::Uint8Array p = pages.Get(i).As<Napi::Uint8Array>();
+    s.pages.emplace_back(p.Data(), p.Data() + p.ElementLength());
+  }
+  if (o.Get("keyNorm").IsTypedArray()) {
+    Napi::Float32Array f = o.Get("keyNorm").As<Napi::Float32Array>();
+    s.keyNorm.assign(f.Data(), f.Data() + f.ElementLength());
+  }
+  const Status st = c.restore(info[0].As<Napi::Number>().Int32Value(), s);
+  if (st != Status::Ok) throw statusError(env, st, c.lastError());
+  return env.Undefined();
+}
+
+// keyScores(layer, query, scores[qHeads][tokens]) / valueSum(layer, probs[qHeads][tokens], out): the two GEMVs
+// of a decode step on their own (cpu backend only), for the benchmark's per-kernel rows.
+Napi::Value NativeCache::KeyScores(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  const Status s = cpuKeyScores(c.backend(), c.layerView(info[0].As<Napi::Number>().Int32Value()),
+                                info[1].As<Napi::Float32Array>().Data(), info[2].As<Napi::Float32Array>().Data());
+  if (s != Status::Ok) throw statusError(env, s, "keyScores is available on the cpu backend only");
+  return env.Undefined();
+}
+Napi::Value NativeCache::ValueSum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  const Status s = cpuValueSum(c.backend(), c.layerView(info[0].As<Napi::Number>().Int32Value()),
+                               info[1].As<Napi::Float32Array>().Data(), info[2].As<Napi::Float32Array>().Data());
+  if (s != Status::Ok) throw statusError(env, s, "valueSum is available on the cpu backend only");
+  return env.Undefined();
+}
+
+// geometry(): sizes a snapshot of this cache must have (page bytes, ring capacity) and the kernels in use.
+Napi::Value NativeCache::Geometry(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  const LayerView v = c.layerView(0);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pageBytes", (double)v.layout.pageBytes);
+  o.Set("ringCapacity", c.ringCapacity());
+  o.Set("kernels", std::string(c.backend().name()) == "cpu" ? cpuBackendKernels(c.backend()) : c.backend().name());
+  o.Set("threads", std::string(c.backend().name()) == "cpu" ? cpuBackendThreads(c.backend()) : 1);
+  return o;
+}
+
+// ---- device memory (DeviceBuffer). Addresses are BigInts; the facade checked sizes, alignment and dtypes.
+namespace {
+void* address(const Napi::Value& v) {
+  bool lossless = true;
+  return reinterpret_cast<void*>((uintptr_t)v.As<Napi::BigInt>().Uint64Value(&lossless));
+}
+uint64_t streamArg(const Napi::Value& v) {
+  if (!v.IsBigInt()) return 0;
+  bool lossless = true;
+  return v.As<Napi::BigInt>().Uint64Value(&lossless);
+}
+}  // namespace
+
+Napi::Value NativeCache::DeviceAlloc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  const size_t bytes = (size_t)info[0].As<Napi::Number>().Int64Value();
+  void* p = c.allocateDevice(bytes);
+  if (!p) throw statusError(env, Status::OutOfMemory, "out of memory allocating a device buffer of " + std::to_string(bytes) + " bytes");
+  return Napi::BigInt::New(env, (uint64_t)(uintptr_t)p);
+}
+
+Napi::Value NativeCache::DeviceFree(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->cache) return Napi::Boolean::New(info.Env(), false);  // freed with the cache
+  return Napi::Boolean::New(info.Env(), state_->cache->freeDevice(address(info[0])));
+}
+
+// deviceWrite(address, typedArray) / deviceRead(address, typedArray): copy the array's bytes in / out.
+Napi::Value NativeCache::DeviceWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  Napi::TypedArray a = info[1].As<Napi::TypedArray>();
+  const uint8_t* src = (const uint8_t*)a.ArrayBuffer().Data() + a.ByteOffset();
+  const Status s = c.backend().upload(address(info[0]), src, a.ByteLength());
+  if (s != Status::Ok) throw statusError(env, s, "writing a device buffer: " + c.backend().lastError());
+  return env.Undefined();
+}
+Napi::Value NativeCache::DeviceRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  Napi::TypedArray a = info[1].As<Napi::TypedArray>();
+  uint8_t* dst = (uint8_t*)a.ArrayBuffer().Data() + a.ByteOffset();
+  const Status s = c.backend().download(dst, address(info[0]), a.ByteLength());
+  if (s != Status::Ok) throw statusError(env, s, "reading a device buffer: " + c.backend().lastError());
+  return env.Undefined();
+}
+
+// prefillDevice(layer, keysAddress, valuesAddress, tokens, stream?)
+Napi::Value NativeCache::PrefillDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  Status s = c.backend().waitStream(streamArg(info[4]));
+  if (s == Status::Ok)
+    s = c.prefill(info[0].As<Napi::Number>().Int32Value(), (const uint16_t*)address(info[1]), (const uint16_t*)address(info[2]),
+                  info[3].As<Napi::Number>().Int32Value(), true);
+  if (s != Status::Ok) throw statusError(env, s, c.lastError());
+  return env.Undefined();
+}
+
+// appendDevice(layer, keyAddress, valueAddress, stream?)
+Napi::Value NativeCache::AppendDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  Status s = c.backend().waitStream(streamArg(info[3]));
+  if (s == Status::Ok)
+    s = c.append(info[0].As<Napi::Number>().Int32Value(), (const uint16_t*)address(info[1]), (const uint16_t*)address(info[2]), true);
+  if (s != Status::Ok) throw statusError(env, s, c.lastError());
+  return env.Undefined();
+}
+
+// attendDevice(layer, queryAddress, outAddress, stream?)
+Napi::Value NativeCache::AttendDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  Cache& c = requireCache(env, state_);
+  Status s = c.backend().waitStream(streamArg(info[3]));
+  if (s == Status::Ok)
+    s = c.attendDevice(info[0].As<Napi::Number>().Int32Value(), (const float*)address(info[1]), (float*)address(info[2]));
+  if (s != Status::Ok) throw statusError(env, s, c.lastError());
+  return env.Undefined();
 }
 
 Napi::Value NativeCache::Reset(const Napi::CallbackInfo& info) {

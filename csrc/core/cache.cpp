@@ -72,6 +72,8 @@ Cache::~Cache() { releaseAll(); }
 
 void Cache::releaseAll() {
   if (!backend_) return;
+  for (auto& b : deviceBuffers_) backend_->release(b.first);
+  deviceBuffers_.clear();
   for (Layer& L : layers_) {
     for (void* p : {(void*)L.sinkKeys, (void*)L.sinkValues, (void*)L.ringKeys, (void*)L.ringValues, (void*)L.keyNorm})
       if (p) backend_->release(p);
@@ -190,34 +192,46 @@ Status Cache::evict(Layer& L) {
   return Status::Ok;
 }
 
-Status Cache::writeRing(Layer& L, int firstToken, const uint16_t* keys, const uint16_t* values, int count) {
+Status Cache::put(void* dst, const void* src, size_t bytes, bool onDevice) {
+  return onDevice ? backend_->copyDevice(dst, src, bytes) : backend_->upload(dst, src, bytes);
+}
+
+Status Cache::writeRing(Layer& L, int firstToken, const uint16_t* keys, const uint16_t* values, int count, bool onDevice) {
   const int S = config_.sinkTokens;
   int i = 0;
   while (i < count) {  // at most two contiguous runs (the ring wraps once)
     const int slot = (firstToken + i - S) % ringCapacity_;
     const int run = std::min(count - i, ringCapacity_ - slot);
     const size_t off = (size_t)slot * rowElems_, bytes = (size_t)run * rowElems_ * 2;
-    Status s = backend_->upload(L.ringKeys + off, keys + (size_t)i * rowElems_, bytes);
-    if (s == Status::Ok) s = backend_->upload(L.ringValues + off, values + (size_t)i * rowElems_, bytes);
+    Status s = put(L.ringKeys + off, keys + (size_t)i * rowElems_, bytes, onDevice);
+    if (s == Status::Ok) s = put(L.ringValues + off, values + (size_t)i * rowElems_, bytes, onDevice);
     if (s != Status::Ok) return fail(s, "writing recent tokens");
     i += run;
   }
   return Status::Ok;
 }
 
-Status Cache::prefill(int layer, const uint16_t* keys, const uint16_t* values, int tokens) {
+Status Cache::prefill(int layer, const uint16_t* keys, const uint16_t* values, int tokens, bool onDevice) {
   Layer& L = layers_[layer];
   const int S = config_.sinkTokens, R = config_.recentTokens;
   const int sinkRows = std::min(tokens, S), rest = tokens - sinkRows;
   auto undo = [&](Status s) { reset(layer); return s; };
   if (sinkRows > 0) {
     const size_t bytes = (size_t)sinkRows * rowElems_ * 2;
-    Status s = backend_->upload(L.sinkKeys, keys, bytes);
-    if (s == Status::Ok) s = backend_->upload(L.sinkValues, values, bytes);
+    Status s = put(L.sinkKeys, keys, bytes, onDevice);
+    if (s == Status::Ok) s = put(L.sinkValues, values, bytes, onDevice);
     if (s != Status::Ok) return undo(fail(s, "writing sink tokens"));
   }
   if (rest > 0 && config_.keyNorm) {
-    const Status s = computeKeyNorm(L, keys + (size_t)S * rowElems_, rest);
+    std::vector<uint16_t> hostKeys;
+    const uint16_t* statRows = keys + (size_t)S * rowElems_;
+    if (onDevice) {  // the channel maxima are computed on the host, once per prefill
+      hostKeys.resize((size_t)rest * rowElems_);
+      const Status s = backend_->download(hostKeys.data(), statRows, hostKeys.size() * 2);
+      if (s != Status::Ok) return undo(fail(s, "reading prefill keys"));
+      statRows = hostKeys.data();
+    }
+    const Status s = computeKeyNorm(L, statRows, rest);
     if (s != Status::Ok) return undo(s);
   }
   // How many of the non-sink tokens each matrix quantizes right away (the same rule evict() applies).
@@ -231,17 +245,18 @@ Status Cache::prefill(int layer, const uint16_t* keys, const uint16_t* values, i
     Status s = ensurePages(L, maxQ);
     if (s != Status::Ok) return undo(s);
     const size_t bytes = (size_t)maxQ * rowElems_ * 2;
-    uint16_t* staging = (uint16_t*)backend_->allocate(bytes);
-    if (!staging) return undo(fail(Status::OutOfMemory, "out of memory staging " + std::to_string(bytes) + " bytes of prefill"));
+    // Device inputs are quantized in place; host inputs go through one staging buffer.
+    uint16_t* staging = onDevice ? nullptr : (uint16_t*)backend_->allocate(bytes);
+    if (!onDevice && !staging) return undo(fail(Status::OutOfMemory, "out of memory staging " + std::to_string(bytes) + " bytes of prefill"));
     for (int m = 0; m < 2 && s == Status::Ok; m++) {
       if (quantized[m] == 0) continue;
       const uint16_t* src = (m == 0 ? keys : values) + (size_t)S * rowElems_;
-      s = backend_->upload(staging, src, (size_t)quantized[m] * rowElems_ * 2);
+      if (!onDevice) s = backend_->upload(staging, src, (size_t)quantized[m] * rowElems_ * 2);
       L.tokens = tokens;  // the view must describe the final layer for quantizeRows
-      if (s == Status::Ok) s = backend_->quantizeRows(view(L), m == 0 ? Matrix::Keys : Matrix::Values, staging, 0, quantized[m]);
+      if (s == Status::Ok) s = backend_->quantizeRows(view(L), m == 0 ? Matrix::Keys : Matrix::Values, onDevice ? src : staging, 0, quantized[m]);
       if (s != Status::Ok) s = fail(s, "quantizing prefill tokens");
     }
-    backend_->release(staging);
+    if (staging) backend_->release(staging);
     if (s != Status::Ok) return undo(s);
   }
   L.quantizedKeys = quantized[0];
@@ -250,19 +265,19 @@ Status Cache::prefill(int layer, const uint16_t* keys, const uint16_t* values, i
   const int firstRing = S + std::min(quantized[0], quantized[1]);
   if (tokens > firstRing) {
     const size_t off = (size_t)firstRing * rowElems_;
-    const Status s = writeRing(L, firstRing, keys + off, values + off, tokens - firstRing);
+    const Status s = writeRing(L, firstRing, keys + off, values + off, tokens - firstRing, onDevice);
     if (s != Status::Ok) return undo(s);
   }
   return Status::Ok;
 }
 
-Status Cache::append(int layer, const uint16_t* key, const uint16_t* value) {
+Status Cache::append(int layer, const uint16_t* key, const uint16_t* value, bool onDevice) {
   Layer& L = layers_[layer];
   const int S = config_.sinkTokens, t = L.tokens;
   if (t < S) {
     const size_t off = (size_t)t * rowElems_, bytes = rowElems_ * 2;
-    Status s = backend_->upload(L.sinkKeys + off, key, bytes);
-    if (s == Status::Ok) s = backend_->upload(L.sinkValues + off, value, bytes);
+    Status s = put(L.sinkKeys + off, key, bytes, onDevice);
+    if (s == Status::Ok) s = put(L.sinkValues + off, value, bytes, onDevice);
     if (s != Status::Ok) return fail(s, "writing a sink token");
     L.tokens++;
     return Status::Ok;
@@ -274,7 +289,7 @@ Status Cache::append(int layer, const uint16_t* key, const uint16_t* value) {
   const int maxG = std::max(granularity(config_.keyFormat), granularity(config_.valueFormat));
   Status s = ensurePages(L, std::max(L.quantizedKeys, L.quantizedValues) + maxG);
   if (s != Status::Ok) return s;
-  s = writeRing(L, t, key, value, 1);
+  s = writeRing(L, t, key, value, 1, onDevice);
   if (s == Status::Ok) {
     L.tokens++;
     s = evict(L);
@@ -290,6 +305,42 @@ Status Cache::attend(int layer, const float* query, float* out) {
   const Status s = backend_->attend(view(layers_[layer]), query, out);
   if (s != Status::Ok) return fail(s, "attention");
   return s;
+}
+
+Status Cache::attendDevice(int layer, const float* query, float* out) {
+  const size_t n = (size_t)config_.qHeads * config_.headDim;
+  std::vector<float> q(n), o(n);
+  Status s = backend_->download(q.data(), query, n * sizeof(float));
+  if (s != Status::Ok) return fail(s, "reading the query from device memory");
+  s = attend(layer, q.data(), o.data());
+  if (s != Status::Ok) return s;
+  s = backend_->upload(out, o.data(), n * sizeof(float));
+  if (s != Status::Ok) return fail(s, "writing the output to device memory");
+  return Status::Ok;
+}
+
+void* Cache::allocateDevice(size_t bytes) {
+  void* p = backend_->allocate(bytes ? bytes : 1);
+  if (p) deviceBuffers_.push_back({p, bytes});
+  return p;
+}
+
+bool Cache::freeDevice(void* p) {
+  for (size_t i = 0; i < deviceBuffers_.size(); i++) {
+    if (deviceBuffers_[i].first == p) {
+      backend_->release(p);
+      deviceBuffers_.erase(deviceBuffers_.begin() + (long)i);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool Cache::ownsDevice(const void* p, size_t bytes) const {
+  const uintptr_t a = (uintptr_t)p;
+  for (const auto& b : deviceBuffers_)
+    if (a >= (uintptr_t)b.first && a + bytes <= (uintptr_t)b.first + b.second) return true;
+  return false;
 }
 
 void Cache::reset(int layer) {
@@ -357,6 +408,41 @@ Status Cache::snapshot(int layer, LayerSnapshot* out) const {
     s = backend_->download(out->pages[i].data(), L.pages[i], layout_.pageBytes);
   out->keyNorm = L.keyNormHost;
   return s;
+}
+
+Status Cache::restore(int layer, const LayerSnapshot& in) {
+  reset(layer);
+  Layer& L = layers_[layer];
+  const size_t sinkElems = (size_t)config_.sinkTokens * rowElems_, ringElems = (size_t)ringCapacity_ * rowElems_;
+  Status s = ensurePages(L, std::max(in.quantizedKeys, in.quantizedValues));
+  if (s != Status::Ok) return s;
+  if (in.pages.size() < L.pages.size() || in.sinkKeys.size() != sinkElems || in.sinkValues.size() != sinkElems ||
+      in.ringKeys.size() != ringElems || in.ringValues.size() != ringElems ||
+      (!in.keyNorm.empty() && in.keyNorm.size() != rowElems_)) {
+    reset(layer);
+    return fail(Status::Internal, "snapshot sizes do not match this cache");
+  }
+  for (const auto& p : in.pages)
+    if (p.size() != layout_.pageBytes) { reset(layer); return fail(Status::Internal, "snapshot page size does not match this cache"); }
+  if (sinkElems) {
+    s = backend_->upload(L.sinkKeys, in.sinkKeys.data(), sinkElems * 2);
+    if (s == Status::Ok) s = backend_->upload(L.sinkValues, in.sinkValues.data(), sinkElems * 2);
+  }
+  if (s == Status::Ok && ringElems) {
+    s = backend_->upload(L.ringKeys, in.ringKeys.data(), ringElems * 2);
+    if (s == Status::Ok) s = backend_->upload(L.ringValues, in.ringValues.data(), ringElems * 2);
+  }
+  for (size_t i = 0; i < L.pages.size() && s == Status::Ok; i++)
+    s = backend_->upload(L.pages[i], in.pages[i].data(), layout_.pageBytes);
+  if (s == Status::Ok && !in.keyNorm.empty()) {
+    s = backend_->upload(L.keyNorm, in.keyNorm.data(), rowElems_ * sizeof(float));
+    if (s == Status::Ok) L.keyNormHost = in.keyNorm;
+  }
+  if (s != Status::Ok) { reset(layer); return fail(s, "restoring a layer"); }
+  L.tokens = in.tokens;
+  L.quantizedKeys = in.quantizedKeys;
+  L.quantizedValues = in.quantizedValues;
+  return Status::Ok;
 }
 
 }  // namespace innerq

@@ -45,16 +45,31 @@ class Cache {
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
 
-  // keys/values: host binary16 [tokens][kvHeads][headDim]. prefill requires an empty layer.
-  Status prefill(int layer, const uint16_t* keys, const uint16_t* values, int tokens);
-  Status append(int layer, const uint16_t* key, const uint16_t* value);
+  // keys/values: binary16 [tokens][kvHeads][headDim], in host memory, or in this backend's memory when
+  // `onDevice` (then nothing goes through the host but the key-norm statistics of a prefill).
+  // prefill requires an empty layer.
+  Status prefill(int layer, const uint16_t* keys, const uint16_t* values, int tokens, bool onDevice = false);
+  Status append(int layer, const uint16_t* key, const uint16_t* value, bool onDevice = false);
   Status attend(int layer, const float* query, float* out);
+  // attend with query and out in backend memory. The query and output vectors (qHeads*headDim floats each)
+  // are staged through the host; the cache itself never is.
+  Status attendDevice(int layer, const float* query, float* out);
+
+  // Backend memory owned by the cache (DeviceBuffer): freed by freeDevice or when the cache is destroyed.
+  void* allocateDevice(size_t bytes);
+  bool freeDevice(void* p);  // false when p was not allocated here (or already freed)
+  bool ownsDevice(const void* p, size_t bytes) const;  // [p, p+bytes) inside one live allocation
   void reset(int layer);  // forget all tokens of a layer (pages go back to the pool)
 
   int length(int layer) const { return layers_[layer].tokens; }
   CacheStats stats() const;
   std::vector<float> keyNormFactors(int layer) const;  // empty when not computed yet
   Status snapshot(int layer, LayerSnapshot* out) const;
+  // Put a layer back exactly as a snapshot of a cache with the same configuration recorded it (the facade
+  // has verified the configuration, sizes and checksums). On failure the layer is left empty.
+  Status restore(int layer, const LayerSnapshot& in);
+  // The layer as the backend sees it (for the separate key/value GEMV entry points of benchmarks).
+  LayerView layerView(int layer) const { return view(layers_[layer]); }
   const CacheConfig& config() const { return config_; }
   Backend& backend() { return *backend_; }
   std::string lastError() const { return lastError_; }
@@ -72,7 +87,8 @@ class Cache {
   Status ensurePages(Layer& L, int quantizedTokens);
   Status computeKeyNorm(Layer& L, const uint16_t* hostRows, int rows);
   Status evict(Layer& L);
-  Status writeRing(Layer& L, int firstToken, const uint16_t* keys, const uint16_t* values, int count);
+  Status writeRing(Layer& L, int firstToken, const uint16_t* keys, const uint16_t* values, int count, bool onDevice);
+  Status put(void* dst, const void* src, size_t bytes, bool onDevice);
   uint8_t* takePage();
   void givePage(uint8_t* p);
   int granularity(const MatrixFormat& f) const;
@@ -88,6 +104,7 @@ class Cache {
   std::vector<uint8_t*> freePages_;
   int pagesAllocated_ = 0;
   std::string lastError_;
+  std::vector<std::pair<void*, size_t>> deviceBuffers_;
 };
 
 // Round float32 to binary16 (nearest even), saturating at +-65504 so that a finite input stays finite.

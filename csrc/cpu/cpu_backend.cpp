@@ -173,6 +173,10 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, bytes);
     return Status::Ok;
   }
+  Status copyDevice(void* dst, const void* src, size_t bytes) override {
+    std::memmove(dst, src, bytes);
+    return Status::Ok;
+  }
 
   Status quantizeRows(const LayerView& v, Matrix m, const uint16_t* rows, int firstQuantized, int count) override;
   Status attend(const LayerView& v, const float* query, float* out) override;

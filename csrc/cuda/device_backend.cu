@@ -111,6 +111,15 @@ class DeviceBackend final : public Backend {
     enter();
     return check(cudaMemcpy(hostDst, src, bytes, cudaMemcpyDeviceToHost), "download");
   }
+  Status copyDevice(void* dst, const void* src, size_t bytes) override {
+    enter();
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "device copy");
+  }
+  Status waitStream(uint64_t stream) override {
+    if (stream == 0) return Status::Ok;
+    enter();
+    return check(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)), "waiting for the caller's stream");
+  }
 
   Status quantizeRows(const LayerView& v, Matrix m, const uint16_t* rows, int firstQuantized, int count) override {
     enter();
@@ -334,6 +343,10 @@ CudaInfo cudaInfo() {
   }
   info.devices = n;
   if (n == 0) info.error = "no CUDA device";
+  for (int i = 0; i < n; i++) {
+    cudaDeviceProp prop;
+    info.deviceNames.push_back(cudaGetDeviceProperties(&prop, i) == cudaSuccess ? std::string(prop.name) : "unknown");
+  }
   return info;
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 #include "../core/backend.h"
 
 namespace innerq {
@@ -14,6 +15,7 @@ struct CudaInfo {
   bool compiled = false;  // the cuda backend is part of this build
   int devices = 0;        // usable devices (0 when the driver or device is missing)
   std::string error;      // why devices == 0: e.g. cudaErrorInsufficientDriver on machines without a driver
+  std::vector<std::string> deviceNames;  // cudaDeviceProp::name of each device
 };
 
 CudaInfo cudaInfo();
