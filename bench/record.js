@@ -20,6 +20,7 @@ const report = require(path.join(root, 'dist', 'cli', 'report.js'));
 function render(base, bench, evalResult) {
   fs.writeFileSync(`${base}.md`, `# innerq results: ${bench.machine.cpuModel}, ${bench.machine.cores} cores (${bench.machine.date.slice(0, 10)})\n\n` +
     'Recorded with `npm run bench:record` (`innerq bench` + `innerq eval` at their defaults).\n\n' +
+    (bench.note ? `**Note:** ${bench.note}\n\n` : '') +
     report.benchMarkdown(bench) + '\n' + report.evalMarkdown(evalResult));
   fs.writeFileSync(`${base}.svg`, report.svgDocument([report.latencyPanel(bench), report.errorPanel(evalResult)]));
 }
