@@ -73,3 +73,20 @@ test(`soak: ${CYCLES} create/append/attend/dispose cycles keep RSS flat`, async 
   expect(cycles).toBeGreaterThan(warmup);
   expect(endRss - warmRss).toBeLessThan(bound);
 });
+
+// Memory exhaustion: under `ulimit -v` (6 GB of address space) a cache whose windows need ~17 GB fails with
+// ERR_INNERQ_OUT_OF_MEMORY, and the process goes on (a small cache works afterwards). Runs over dist/ in a child.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const dist = require('path').resolve(__dirname, '..', 'dist', 'index.js');
+(require('fs').existsSync(dist) && process.platform === 'linux' ? test : test.skip)('limits: an allocation failure in the constructor is a clear error', () => {
+  const script = `
+    const { KVCache } = require(${JSON.stringify(dist)});
+    try { new KVCache({ layers: 64, qHeads: 8, kvHeads: 8, headDim: 128, maxTokens: 1 << 20, recentTokens: 65536, backend: 'cpu', threads: 1 }); console.log('constructed'); }
+    catch (e) { console.log('error', e.code, e.message); }
+    const c = new KVCache({ layers: 1, qHeads: 2, kvHeads: 1, headDim: 32, maxTokens: 16, backend: 'cpu', threads: 1 });
+    c.append(0, new Float32Array(32).fill(1), new Float32Array(32).fill(1));
+    console.log('after', c.attend(0, new Float32Array(64).fill(1))[0]);`;
+  const r = require('child_process').spawnSync('bash', ['-c', `ulimit -v 6000000 && exec "${process.execPath}" -e "$0"`, script], { encoding: 'utf8', timeout: 60_000 });
+  expect(r.stdout).toMatch(/^error ERR_INNERQ_OUT_OF_MEMORY innerq: out of memory creating the cache$/m);
+  expect(r.stdout).toMatch(/^after 1$/m);
+});
