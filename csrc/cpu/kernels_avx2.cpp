@@ -769,7 +769,10 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float m = _mm_cvtss_f32(m4);
     // Same formulas as the portable path: sigma = max/127, codes = round_half_even(x * (127/max)).
-    const float sg = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+    // A slice whose max is below 1e-36 counts as zero: 127/m would overflow to Inf, and 0*Inf = NaN made
+    // (int)NaN codes (undefined behaviour; UBSan in scripts/asan.sh). Exp weights that small contribute nothing.
+    const bool tiny = !(m > 1e-36f);
+    const float sg = tiny ? 0.0f : m / 127.0f, inv = tiny ? 0.0f : 127.0f / m;
     const __m256 iv = _mm256_set1_ps(inv);
     __m256i c[4];
     for (int i = 0; i < 4; i++) {

@@ -150,7 +150,10 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
     for (int e = 0; e < 32; e++) m = std::fabs(xs[e]) > m ? std::fabs(xs[e]) : m;
     // sigma = max/127 puts the largest element on code +-127; inv is computed the same way as the AVX2 path
     // (127/max, one float division) so both paths produce identical codes.
-    const float sg = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+    // A slice whose max is below 1e-36 counts as zero: 127/m would overflow to Inf, and 0*Inf = NaN made
+    // (int)NaN codes (undefined behaviour; UBSan in scripts/asan.sh). Exp weights that small contribute nothing.
+    const bool tiny = !(m > 1e-36f);
+    const float sg = tiny ? 0.0f : m / 127.0f, inv = tiny ? 0.0f : 127.0f / m;
     int S = 0;
     for (int e = 0; e < 32; e++) {
       float v = std::nearbyint(xs[e] * inv);  // round half to even, like cvtps_epi32
