@@ -60,18 +60,19 @@ IQ_HD double asymmetricValue(int u, double s, double z) { return s * u + z; }
 // Quantize one group of n (= G) fp16 values read with a stride (in elements). Writes n unpacked codes.
 // Hybrid keeps the asymmetric result only when its L1 error is strictly smaller (ties go to symmetric).
 IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n, int bits, int mode, uint8_t* u) {
+  // Host loop (the GPU composes the same primitives across a warp). Each element is converted once, and the
+  // hybrid pass keeps both candidate code sets instead of recomputing the winner.
+  double x[128];
   double maxAbs = 0, lo = 0, hi = 0;
   for (int i = 0; i < n; i++) {
-    const double x = halfToDouble(src[i * stride]);
-    maxAbs = fmax(maxAbs, fabs(x));
-    lo = i ? fmin(lo, x) : x;
-    hi = i ? fmax(hi, x) : x;
+    x[i] = halfToDouble(src[i * stride]);
+    maxAbs = fmax(maxAbs, fabs(x[i]));
+    lo = i ? fmin(lo, x[i]) : x[i];
+    hi = i ? fmax(hi, x[i]) : x[i];
   }
   bool constantMagnitude = true;
-  for (int i = 0; i < n; i++) {
-    const double a = fabs(halfToDouble(src[i * stride]));
-    if (a != 0 && a != maxAbs) constantMagnitude = false;
-  }
+  for (int i = 0; i < n; i++)
+    if (x[i] != 0 && fabs(x[i]) != maxAbs) constantMagnitude = false;
   QuantizedGroup q;
   q.zero = 0;
   const uint16_t symScale = symmetricScale(maxAbs, constantMagnitude, bits);
@@ -79,22 +80,33 @@ IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n,
   const double ss = halfToDouble(symScale), za = halfToDouble(asymZero);
   const uint16_t asymScale = asymmetricScale(hi, za, bits);
   const double sa = halfToDouble(asymScale);
-  bool asym = mode == kAsym;
-  if (mode == kHybrid) {
-    double l1s = 0, l1a = 0;  // exact sums (see the header comment), so the choice is the same everywhere
-    for (int i = 0; i < n; i++) {
-      const double x = halfToDouble(src[i * stride]);
-      l1s += fabs(x - symmetricValue(symmetricCode(x, ss, bits), ss, bits));
-      l1a += fabs(x - asymmetricValue(asymmetricCode(x, sa, za, bits), sa, za));
-    }
-    asym = l1a < l1s;
+  if (mode == kSym) {
+    for (int i = 0; i < n; i++) u[i] = (uint8_t)symmetricCode(x[i], ss, bits);
+    q.scale = symScale;
+    return q;
   }
+  if (mode == kAsym) {
+    for (int i = 0; i < n; i++) u[i] = (uint8_t)asymmetricCode(x[i], sa, za, bits);
+    q.scale = (uint16_t)(asymScale | 0x8000);
+    q.zero = asymZero;
+    return q;
+  }
+  uint8_t ua[128];
+  double l1s = 0, l1a = 0;  // exact sums (see the header comment), so the choice is the same everywhere
   for (int i = 0; i < n; i++) {
-    const double x = halfToDouble(src[i * stride]);
-    u[i] = (uint8_t)(asym ? asymmetricCode(x, sa, za, bits) : symmetricCode(x, ss, bits));
+    const int cs = symmetricCode(x[i], ss, bits), ca = asymmetricCode(x[i], sa, za, bits);
+    u[i] = (uint8_t)cs;
+    ua[i] = (uint8_t)ca;
+    l1s += fabs(x[i] - symmetricValue(cs, ss, bits));
+    l1a += fabs(x[i] - asymmetricValue(ca, sa, za));
   }
-  if (asym) { q.scale = (uint16_t)(asymScale | 0x8000); q.zero = asymZero; }
-  else q.scale = symScale;
+  if (l1a < l1s) {  // ties go to symmetric
+    for (int i = 0; i < n; i++) u[i] = ua[i];
+    q.scale = (uint16_t)(asymScale | 0x8000);
+    q.zero = asymZero;
+  } else {
+    q.scale = symScale;
+  }
   return q;
 }
 

@@ -140,7 +140,7 @@ static void testQuantize(Backend* be, int cases) {
     for (int i = 0; i < pages; i++) be->download(got[i].data(), pagePtrs[i], layout.pageBytes);
     auto elem = [&](int row, int h, int j) {
       uint16_t x = rows[((size_t)row * kvHeads + h) * d + j];
-      return useNorm ? normalizeKeyHalf(x, norm[(size_t)h * d + j]) : x;
+      return useNorm ? normalizeKey(x, norm[(size_t)h * d + j]) : x;
     };
     int bad = 0;
     for (int h = 0; h < kvHeads; h++) {
