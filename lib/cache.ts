@@ -62,6 +62,10 @@ export class KVCache {
     const o = resolveOptions(options);
     this.options = Object.freeze(o);
     this.backend = chooseBackend(o.backend, o.deviceId);
+    if (this.backend !== 'cpu' && ![32, 64, 128, 256].includes(o.headDim)) {
+      // The GPU kernels reduce over headDim/8 lanes with shuffles: a power of two (cpu takes any multiple of G).
+      throw v.rangeError(`one of 32, 64, 128, 256 on the ${this.backend} backend (the cpu backend also takes other multiples of groupSize)`, 'options.headDim', o.headDim);
+    }
     this.rowLength = o.kvHeads * o.headDim;
     this.tokensPerLayer = new Array(o.layers).fill(0);
     this.handle = new (native().NativeCache)(nativeConfig(o), this.backend, {

@@ -150,3 +150,12 @@ describe('dispose', () => {
     await p.then((out) => expect(out.every(Number.isFinite)).toBe(true), (e) => expect(String(e)).toMatch(/disposed/));
   });
 });
+
+test('GPU kernels take power-of-two head dims; the cpu backend takes any multiple of G', () => {
+  expect(() => new KVCache({ ...base, headDim: 96, backend: 'sim' })).toThrow(
+    new RangeError('Expected one of 32, 64, 128, 256 on the sim backend (the cpu backend also takes other multiples of groupSize) for options.headDim but received 96 of type number'));
+  const c = new KVCache({ ...base, headDim: 96, backend: 'cpu' });
+  c.append(0, new Float32Array(2 * 96).fill(1), new Float32Array(2 * 96).fill(1));
+  expect(c.attend(0, new Float32Array(8 * 96).fill(0.1)).every((x) => Math.abs(x - 1) < 1e-6)).toBe(true);
+  c.dispose();
+});
