@@ -19,8 +19,9 @@ const usesInt8 = (label: string, preset: PresetName) => label.startsWith('cpu') 
  * Scores: each 32-channel slice s of the folded query q' is replaced by σ_s·round(q'/σ_s), σ_s = max|q'_s|/127,
  * so a quantized token's score moves by at most δ_t = Σ_s (σ_s/2)·Σ_{j∈s} |k̂_tj| / √d (fp16 tokens: 0).
  * Softmax: with Δ = max_t δ_t every probability moves by a factor in [e^-2Δ, e^2Δ], so
- * |p̃_t - p_t| <= p_t (e^2Δ - 1). Values: each 32-token slice of quantized value tokens is replaced by its
- * int8 image (σ = max p̃/127), an error of at most Σ_slices (max_slice p̃ / 254)·Σ_{t∈slice} |v̂_tj|.
+ * |p̃_t - p_t| <= p_t (e^2Δ - 1). Values: each 32-token slice of quantized value tokens (non-negative weights)
+ * is replaced by its unsigned 8-bit image (σ = max p̃/255), an error of at most
+ * Σ_slices (max_slice p̃ / 510)·Σ_{t∈slice} |v̂_tj|.
  * Plus fp32 rounding, bounded by 1e-5 of Σ_t p_t|v̂_tj|.
  */
 function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Float64Array {
@@ -62,7 +63,7 @@ function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Floa
           pmax = Math.max(pmax, p[t]);
           vsum += Math.abs(state.storedValues[(t * kvHeads + kh) * d + j]);
         }
-        valueSide += (pmax * grow / 254) * vsum;
+        valueSide += (pmax * grow / 510) * vsum;
       }
       bound[h * d + j] = (grow - 1) * mass + valueSide + 1e-5 * mass + 1e-6;
     }

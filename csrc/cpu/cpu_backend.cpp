@@ -1,7 +1,7 @@
 // cpu_backend.cpp - the CPU backend: memory, quantizeRows, attend, the thread pool and the work split.
 //
 // attend() for one layer, when there are at least as many kv heads as threads (the usual GQA shape): one pool item
-// per kv head runs scores -> softmax -> int8 weights -> value sums for its r query heads, with the r x T scores in
+// per kv head runs scores -> softmax -> u8 weights -> value sums for its r query heads, with the r x T scores in
 // that worker's buffer (L2-resident) instead of a [qHeads][T] array making round trips through DRAM.
 // Otherwise (few kv heads, long context) it runs three parallel phases, which cpuKeyScores/cpuValueSum also use:
 //   1. key scores:  items = (kv head, token chunk); each item walks the sink, the pages and the ring of its
@@ -187,19 +187,19 @@ class CpuBackend final : public Backend {
   static bool supported(const LayerView& v);
   Chunking chunking(const LayerView& v) const;
   void prepareQuery(const LayerView& v, const float* query);
-  struct ProbsI8 {
-    const int8_t* q;
+  struct ProbsI8 {  // the weights quantized to UNSIGNED 8 bits (quantizeU8)
+    const uint8_t* q;
     const float *sigma, *sigmaSum;
     size_t ld;
   };
   struct WorkerBuffers {
     AlignedBuf<float> scores, inv, sigma, sigmaSum;
-    AlignedBuf<int8_t> q;
+    AlignedBuf<uint8_t> q;
   };
   void keyScoresRange(const LayerView& v, int kh, int a0, int a1, float* s, size_t lds) const;
   void valueSumRange(const LayerView& v, int kh, int a0, int a1, const float* probs, size_t ldp, const ProbsI8& pq,
                      float* o) const;
-  void quantizeProbs(const LayerView& v, const float* probsRow, int8_t* q, float* sigma, float* sigmaSum) const;
+  void quantizeProbs(const LayerView& v, const float* probsRow, uint8_t* q, float* sigma, float* sigmaSum) const;
   void reserveProbsI8(const LayerView& v);
   void scoresPhase(const LayerView& v, float* scores);
   void valuePhase(const LayerView& v, const float* probs, float* out);
@@ -208,7 +208,8 @@ class CpuBackend final : public Backend {
   const Kernels* k_;
   std::mutex callMu_;
   AlignedBuf<float> invSum_, qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
-  AlignedBuf<int8_t> qI8_, pI8_;
+  AlignedBuf<int8_t> qI8_;
+  AlignedBuf<uint8_t> pI8_;
   size_t pLd_ = 0;  // row stride of pI8_ (quantizedValues rounded up to 32)
   std::vector<WorkerBuffers> workers_;
 };
@@ -326,7 +327,7 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
 }
 
 // Value sums of kv head kh's query heads over tokens [a0, a1), accumulated into o [r][d]. probs: [r][ldp] indexed by
-// absolute token; pq: the int8 weights of the quantized value tokens ([r][pLd], indexed by quantized index), used
+// absolute token; pq: the u8 weights of the quantized value tokens ([r][pLd], indexed by quantized index), used
 // when values are kColGrouped.
 void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const float* probs, size_t ldp,
                                const ProbsI8& pq, float* o) const {
@@ -346,9 +347,9 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
           } else if (f.orientation == kRowGrouped) {
             k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
           } else {
-            // page-relative int8 weights: page p starts at quantized index p*P (a multiple of 32)
+            // page-relative u8 weights: page p starts at quantized index p*P (a multiple of 32)
             const size_t base = (size_t)hb * pq.ld + (size_t)p * P;
-            const I8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
+            const U8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
             k_->wsumColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, ps, rb, ob);
           }
         });
@@ -364,9 +365,10 @@ void CpuBackend::scoresPhase(const LayerView& v, float* scores) {
   });
 }
 
-void CpuBackend::quantizeProbs(const LayerView& v, const float* probsRow, int8_t* q, float* sigma, float* sigmaSum) const {
-  // weights of the quantized value tokens, slices aligned to quantized-space multiples of 32 (so to token groups)
-  if (v.quantizedValues > 0) k_->quantizeI8(probsRow + v.sinkCapacity, v.quantizedValues, q, sigma, sigmaSum);
+void CpuBackend::quantizeProbs(const LayerView& v, const float* probsRow, uint8_t* q, float* sigma, float* sigmaSum) const {
+  // weights of the quantized value tokens, slices aligned to quantized-space multiples of 32 (so to token groups);
+  // they are non-negative, so unsigned 8 bits (sigma = max/255: twice the resolution of int8)
+  if (v.quantizedValues > 0) k_->quantizeU8(probsRow + v.sinkCapacity, v.quantizedValues, q, sigma, sigmaSum);
 }
 
 void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) {
@@ -443,7 +445,7 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     const bool i8 = v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0;
     const int r = v.qHeads / v.kvHeads, T = v.tokens, d = v.headDim;
     if (v.kvHeads >= pool_.size() && (v.kvHeads % pool_.size() == 0 || v.kvHeads >= 4 * pool_.size())) {
-      // Fused: one item per kv head runs scores -> softmax -> int8 weights -> value sums with its r x T scores in
+      // Fused: one item per kv head runs scores -> softmax -> u8 weights -> value sums with its r x T scores in
       // the worker's own buffer, so they stay in L2 instead of making two round trips through DRAM.
       const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
       if (workers_.size() < (size_t)pool_.size()) workers_.resize(pool_.size());
@@ -480,7 +482,7 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     float* inv = invSum_.get((size_t)v.qHeads);
     pool_.run(v.qHeads, [&](int h, int) {
       inv[h] = 1.0f / k_->softmaxExp(s + (size_t)h * T, T);
-      // int8 quantization is scale-invariant: the unnormalized weights are fine
+      // u8 quantization is scale-invariant: the unnormalized weights are fine
       if (i8) quantizeProbs(v, s + (size_t)h * T, pI8_.p + h * pLd_, pSig_.p + h * pLd_ / 32, pSigS_.p + h * pLd_ / 32);
     });
     valuePhase(v, s, out);

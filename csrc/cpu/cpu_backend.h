@@ -6,8 +6,8 @@
 //  - fp16 rows and KIVI-style formats (kColGrouped keys, kRowGrouped values) are float paths: they match an fp64
 //    evaluation on the dequantized cache to ~1e-6 relative.
 //  - InnerQ formats (kRowGrouped keys, kColGrouped values) use the int8-activation integer path: the (folded,
-//    scaled) query and the probability vector are quantized once per step to int8 per 32-element slice with
-//    sigma = max|x|/127. Per group of codes, the error against the exact dot product on the dequantized cache is
+//    scaled) query is quantized once per step to int8 per 32-element slice with sigma = max|x|/127, the
+//    (non-negative) probability vector to UNSIGNED 8 bits per 32-token slice with sigma = max/255. Per group of codes, the error against the exact dot product on the dequantized cache is
 //        |err| <= Σ_j |x^_j| * sigma_slice(j) / 2      (+ float rounding, ~1e-6 relative to Σ_j |x^_j q_j|)
 //    because sigma*qi_j differs from x_j by at most sigma/2 and the integer dot product is exact.
 #pragma once
@@ -32,8 +32,8 @@ std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd);
 // cpuKeyScores: scores[h*view.tokens + a] = (q_h . K_a) / sqrt(d) for every query head h and token a, with the
 //   key norm folded into the query for the quantized segment (exactly the logits attend() feeds its softmax).
 //   query: [qHeads][headDim]; scores: [qHeads][tokens] host floats.
-// cpuValueSum: out[h][:] = Σ_a probs[h*view.tokens + a] * V_a (probs need not be normalized; InnerQ values
-//   quantize each 32-token slice of probs to int8 exactly as attend does).
+// cpuValueSum: out[h][:] = Σ_a probs[h*view.tokens + a] * V_a (probs need not be normalized but must be
+//   non-negative; InnerQ values quantize each 32-token slice of probs to u8 exactly as attend does).
 // cpuBackendKernels: "avx2" or "portable" (which kernel table the backend runs).
 Status cpuKeyScores(Backend& backend, const LayerView& view, const float* query, float* scores);
 Status cpuValueSum(Backend& backend, const LayerView& view, const float* probs, float* out);

@@ -35,6 +35,15 @@ struct I8Set {
   size_t lds;
 };
 
+// u8-quantized non-negative weights (the InnerQ value path): as I8Set with codes in [0, 255], sigma = max/255.
+struct U8Set {
+  const uint8_t* q;
+  size_t ldq;
+  const float* sigma;
+  const float* sigmaSum;
+  size_t lds;
+};
+
 struct Kernels {
   const char* name;
   // fp16 rows: s[h*lds + i] = Σ_j q[h*d + j] * rows[i*ld + j], i in [0, n).
@@ -47,9 +56,9 @@ struct Kernels {
   // KIVI-style keys (kColGrouped), float path: page token groups [g0, g1); s[h*lds + (t - g0*G)].
   void (*scoresColF)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
                      float* s, size_t lds);
-  // InnerQ values (kColGrouped), integer path: page token groups [g0, g1). p's slice index k covers page slots
-  // 32k .. 32k+31 (p rows are page-relative). Accumulates into out.
-  void (*wsumColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out);
+  // InnerQ values (kColGrouped), integer path with u8 weights: page token groups [g0, g1). p's slice index k covers
+  // page slots 32k .. 32k+31 (p rows are page-relative). Accumulates into out.
+  void (*wsumColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out);
   // KIVI-style values (kRowGrouped), float path: page slots [t0, t1); p[h*ldp + (t - t0)]. Accumulates into out.
   void (*wsumRowF)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
                    float* out);
@@ -58,6 +67,9 @@ struct Kernels {
   float (*softmaxExp)(float* s, int n);
   // Quantize n (multiple of 32) floats to int8 per 32-slice: sigma = max|x|/127, q = round(x/sigma).
   void (*quantizeI8)(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum);
+  // Quantize n (multiple of 32) NON-NEGATIVE floats (softmax weights) to unsigned 8 bits per 32-slice:
+  // sigma = max/255, q = round(x/sigma) in [0, 255] (negative inputs clamp to 0).
+  void (*quantizeU8)(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum);
 };
 
 const Kernels& portableKernels();

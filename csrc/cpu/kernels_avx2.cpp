@@ -87,6 +87,20 @@ inline __m256i dot32(__m256i c, __m256i q) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(c, q), _mm256_set1_epi16(1));
 }
 
+// 32 unsigned codes . 32 u8 weights (the value path) -> 8 int32 partial sums. The weights are the unsigned operand
+// of maddubs and the codes (<= 15) the signed one: a pair is at most 2*255*15 = 7650, no int16 saturation.
+template <int BITS>
+inline __m256i dotU8(__m256i c, __m256i p) {
+  if (BITS == 8) {  // both operands up to 255: widen to int16, madd (pairs <= 2*255*255, exact in int32)
+    const __m256i c0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+    const __m256i c1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
+    const __m256i p0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(p));
+    const __m256i p1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(p, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(c0, p0), _mm256_madd_epi16(c1, p1));
+  }
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(p, c), _mm256_set1_epi16(1));
+}
+
 // Lane i of the result = horizontal sum of v[i] (int32), for 8 vectors.
 inline __m256i hsum8(const __m256i* v) {
   const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
@@ -197,7 +211,7 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
 template <int BITS>
 void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds);
 template <int BITS>
-void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int r, float* out);
+void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out);
 
 // ---------------------------------------------------------------------------------------------------------
 // InnerQ keys, integer path. 8 tokens at a time: for each 32-channel slice, unpack the 8 tokens' blocks once,
@@ -264,7 +278,7 @@ void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1
 // query head the 8 dot products with the int8 probability slice reduce to 8 lanes = 8 channels, and
 // out[j..j+7] += a*(sigma*D) + bz*(sigma*S) with a, bz loaded as 8 contiguous scales/zeros.
 template <int BITS>
-void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
   const float off = (float)avxSymOffset(BITS);
   for (int tg = g0; tg < g1; tg++) {
@@ -280,7 +294,7 @@ void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
         for (int h = 0; h < r; h++) {
           const __m256i pv = _mm256_loadu_si256((const __m256i*)(p.q + h * p.ldq + k * 32));
           __m256i dv[8];
-          for (int i = 0; i < 8; i++) dv[i] = dot32<BITS>(c[i], pv);
+          for (int i = 0; i < 8; i++) dv[i] = dotU8<BITS>(c[i], pv);
           const __m256 D = _mm256_cvtepi32_ps(hsum8(dv));
           float* o = out + h * d + jb;
           __m256 acc = _mm256_loadu_ps(o);
@@ -293,7 +307,7 @@ void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
   }
 }
 
-void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   if (f.groupSize == 32) {
     if (f.bits == 2) return wsumColI8Fast<2>(m, d, g0, g1, p, r, out);
     if (f.bits == 3) return wsumColI8Fast<3>(m, d, g0, g1, p, r, out);
@@ -396,6 +410,16 @@ inline __m256i quadDot(const __m256i c[4], const __m256i* a) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
+// Values: u8 weights as the unsigned maddubs operand, codes as the signed one. Per int16 lane: 4 maddubs pairs =
+// 8 products of at most 255*15: <= 30600 < 32767 for 4-bit.
+inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
+  __m256i s = _mm256_maddubs_epi16(_mm256_load_si256(a), c[0]);
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_load_si256(a + 1), c[1]));
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_load_si256(a + 2), c[2]));
+  s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_load_si256(a + 3), c[3]));
+  return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
 // Keys: 8 tokens per step, processed as 4 token pairs; per pair and quad of groups one hadd gives the 8
 // (token, group) dot products; after 4 pairs, a small hadd tree sums each token's groups.
 template <int BITS>
@@ -477,7 +501,7 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
 // Values: per token group, 8 channels per step (two quads of consecutive channel blocks); the probability
 // slice's 8-token pieces are broadcast to every lane. Accumulates in lanePerm order, un-permuted at the end.
 template <int BITS>
-void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   const int bb = avxBlockBytes(BITS);
   alignas(32) float acc[kMaxHeadBlock * kMaxHeadDim];
   std::memset(acc, 0, sizeof(float) * r * d);
@@ -510,7 +534,7 @@ void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const I8Set& p, int
       loadQuad<BITS>(m.codes + (gi + 4) * bb, cc);
       for (int h = 0; h < r; h++) {
         const __m256i* A = (const __m256i*)act[h];
-        const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A)));
+        const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDotU8(ca, A), quadDotU8(cc, A)));
         float* o = acc + h * d + jb;
         __m256 x = _mm256_load_ps(o);
         x = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(p.sigma + h * p.lds + tg)), x);
@@ -791,7 +815,39 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
   }
 }
 
-const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8};
+void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum) {
+  for (int k = 0; k < n / 32; k++) {
+    const float* xs = x + k * 32;
+    __m256 v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xs + 8 * i);
+    const __m256 mv = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float m = _mm_cvtss_f32(m4);
+    // Same formulas as the portable path: sigma = max/255, codes = round_half_even(x * (255/max)) in [0, 255];
+    // below 1e-36 the slice counts as zero (see quantizeI8).
+    const bool tiny = !(m > 1e-36f);
+    const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
+    const __m256 iv = _mm256_set1_ps(inv);
+    __m256i c[4];
+    for (int i = 0; i < 4; i++) {
+      c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));
+      c[i] = _mm256_max_epi32(_mm256_min_epi32(c[i], _mm256_set1_epi32(255)), _mm256_setzero_si256());
+    }
+    const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    _mm256_storeu_si256((__m256i*)(q + k * 32), _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    const __m256i sv = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)_mm_cvtsi128_si32(s4);
+  }
+}
+
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
+                       quantizeU8};
 
 }  // namespace
 

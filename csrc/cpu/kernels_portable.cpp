@@ -89,7 +89,7 @@ void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
   }
 }
 
-void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const I8Set& p, int r, float* out) {
+void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
   uint8_t u[32];
   for (int tg = g0; tg < g1; tg++) {
@@ -101,7 +101,7 @@ void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, 
         unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
         const int k = tg * spg + sl;
         for (int h = 0; h < r; h++) {
-          const int8_t* ps = p.q + h * p.ldq + k * 32;
+          const uint8_t* ps = p.q + h * p.ldq + k * 32;
           int D = 0;
           for (int e = 0; e < 32; e++) D += (int)u[e] * (int)ps[e];
           out[h * d + j] += a * (p.sigma[h * p.lds + k] * (float)D) + bz * p.sigmaSum[h * p.lds + k];
@@ -166,8 +166,29 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
   }
 }
 
+void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum) {
+  for (int k = 0; k < n / 32; k++) {
+    const float* xs = x + k * 32;
+    float m = 0;
+    for (int e = 0; e < 32; e++) m = xs[e] > m ? xs[e] : m;
+    // sigma = max/255 puts the largest element on code 255; same formulas as the AVX2 path (identical codes).
+    // Below 1e-36 the slice counts as zero (255/m would overflow; see quantizeI8).
+    const bool tiny = !(m > 1e-36f);
+    const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
+    int S = 0;
+    for (int e = 0; e < 32; e++) {
+      float v = std::nearbyint(xs[e] * inv);  // round half to even, like cvtps_epi32
+      v = v > 255 ? 255 : v < 0 ? 0 : v;
+      q[k * 32 + e] = (uint8_t)v;
+      S += (int)v;
+    }
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)S;
+  }
+}
+
 const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp,
-                           quantizeI8};
+                           quantizeI8, quantizeU8};
 
 }  // namespace
 
