@@ -67,7 +67,7 @@ class Backend {
   virtual Status copyDevice(void* dst, const void* src, size_t bytes) = 0;
   // Wait until work queued on a caller's stream (a cudaStream_t as an integer; 0 = none) has finished, so
   // that device inputs it produces are complete. Backends without streams return Ok.
-  virtual Status waitStream(uint64_t stream) { return Status::Ok; }
+  virtual Status waitStream(uint64_t /*stream*/) { return Status::Ok; }
 
   // Quantize `count` fp16 token rows into the layer's pages.
   //   rows: backend memory, [count][kvHeads][headDim] binary16, contiguous (row stride kvHeads*headDim)
