@@ -51,6 +51,7 @@
 #endif
 #endif
 #ifdef CUDASIM_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -329,6 +330,11 @@ struct Scheduler {
 #endif
 
   void prepare(Lane& l, char* stack) {
+#ifdef CUDASIM_ASAN
+    // A fiber never returns from its entry frame, and stacks are reused across launches (and mmap may hand
+    // back addresses an earlier stack used): clear stale redzone poison before a fiber starts afresh.
+    __asan_unpoison_memory_region(stack + 4096, stackBytes - 4096);
+#endif
 #ifdef CUDASIM_UCONTEXT
     getcontext(&l.uc);
     l.uc.uc_stack.ss_sp = stack + 4096;
