@@ -92,3 +92,13 @@ describe.each(backendCases())('DeviceBuffer on $label', ({ label, options }) => 
 test('DeviceBuffer is exported', () => {
   expect(typeof DeviceBuffer).toBe('function');
 });
+
+test('sim: a rejected device copy does not poison the next attend', () => {
+  const c = new KVCache({ ...shape, preset: 'innerq', backend: 'sim' });
+  c.append(0, new Float32Array(row).fill(0.5), new Float32Array(row).fill(0.25));
+  const bogus = c.wrapDevicePointer({ address: 0x10000n, byteLength: row * 2, dtype: 'f16' });
+  expect(() => c.append(0, bogus, bogus)).toThrow(/innerq: /);
+  const out = c.attend(0, new Float32Array(qLen).fill(0.1));
+  expect(out.every((x) => Math.abs(x - 0.25) < 1e-3)).toBe(true);
+  c.dispose();
+});

@@ -275,6 +275,10 @@ class DeviceBackend final : public Backend {
 #ifdef INNERQ_SIM
     if (!cudasim::lastMessage().empty()) error_ += " (" + cudasim::lastMessage() + ")";
 #endif
+    // A failed API call (e.g. a copy with a bad pointer) is also what the next cudaGetLastError() returns:
+    // consume it here, or the next launch of an unrelated, healthy call would report it. Sticky errors (a
+    // kernel fault) survive this and keep failing every later call, as they must.
+    cudaGetLastError();
     return e == cudaErrorMemoryAllocation ? Status::OutOfMemory : Status::DeviceError;
   }
   Status finish(const char* what) {
