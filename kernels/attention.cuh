@@ -15,7 +15,7 @@
 #include "device.cuh"
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 // Geometry of one matrix inside a page (format.cuh), flattened for kernels.
 struct MatrixGeometry {

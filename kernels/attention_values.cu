@@ -3,7 +3,7 @@
 #include "dispatch.cuh"
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 bool launchPv(const AttnParams& p, int source, int listCount, cudaStream_t stream) {
   if (listCount == 0) return true;

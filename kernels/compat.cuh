@@ -15,3 +15,17 @@
 #define IQ_HD inline
 #define IQ_DEVICE inline
 #endif
+
+// The device code's namespace. The addon links the nvcc-compiled kernels (cuda backend) and the same sources
+// compiled by the host compiler (sim backend) into one binary: distinct namespaces keep the two sets of
+// launchers and kernels from being merged by the linker (identical names, different code). `dev::` works in
+// both builds (a namespace alias in the sim).
+#if defined(INNERQ_SIM)
+#define IQ_DEV dev_sim
+namespace innerq {
+namespace dev_sim {}
+namespace dev = dev_sim;
+}  // namespace innerq
+#else
+#define IQ_DEV dev
+#endif

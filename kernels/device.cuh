@@ -28,7 +28,7 @@
 #include "quantizer.cuh"
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxHeadsPerBlock = 8;   // GQA heads served by one block (larger ratios use grid.z slices of 8)

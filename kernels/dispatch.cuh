@@ -4,9 +4,10 @@
 // these memory-bound kernels.
 #pragma once
 #include <type_traits>
+#include "compat.cuh"
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 template <int V>
 using IntC = std::integral_constant<int, V>;

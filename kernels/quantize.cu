@@ -3,7 +3,7 @@
 #include "quantize.cuh"
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 bool launchQuantize(const QuantParams& p, cudaStream_t stream) {
   if (p.count <= 0) return true;

@@ -9,7 +9,7 @@
 #include "attention.cuh"  // MatrixGeometry
 
 namespace innerq {
-namespace dev {
+namespace IQ_DEV {
 
 struct QuantParams {
   const uint16_t* rows;   // [count][kvHeads][headDim] binary16

@@ -11,7 +11,8 @@ const path = require('path');
 const root = path.resolve(__dirname, '..');
 const env = process.env;
 const args = ['compile', `--CDCMAKE_BUILD_TYPE=${env.INNERQ_DEBUG === '1' ? 'Debug' : 'Release'}`];
-if (env.INNERQ_CUDA === '0') args.push('--CDINNERQ_WITH_CUDA=OFF');
+// Always explicit: CMake caches the option, so a stale OFF from an earlier INNERQ_CUDA=0 build would stick.
+args.push(`--CDINNERQ_WITH_CUDA=${env.INNERQ_CUDA === '0' ? 'OFF' : 'ON'}`);
 if (env.INNERQ_SANITIZE === '1') args.push('--CDINNERQ_SANITIZE=ON', '--out', 'build-asan');
 const parallel = env.CMAKE_BUILD_PARALLEL_LEVEL || '2';
 
