@@ -58,7 +58,8 @@ struct AttnParams {
 // A lane group of d/8 lanes owns one token row: each lane loads 16 bytes (8 channels) with one 128-bit load,
 // consecutive lanes consecutive 16-byte pieces of the row (coalesced), dots them with every query head of the
 // group, and the group reduces by shuffles of width d/8 (fixed tree: order-free results).
-__global__ void __launch_bounds__(128) scoresFp16Kernel(AttnParams p, int source) {
+// Non-template kernels are static: several .cu files include this header, and each launches its own copy.
+static __global__ void __launch_bounds__(128) scoresFp16Kernel(AttnParams p, int source) {
   const Chunk c = p.chunks[p.list[blockIdx.x]];
   const int kvh = blockIdx.y, hb = p.headsPerBlock, d = p.headDim;
   const int h0 = kvh * p.groupHeads + blockIdx.z * hb;
@@ -295,7 +296,7 @@ __device__ __forceinline__ void storePartial(const AttnParams& p, const float* r
 // ------------------------------------------------------------------ PV: fp16 rows (windows, fp16 pages)
 // d/8 threads cover a row with 128-bit loads (8 channels each); 128/(d/8) token lanes take every TL-th token.
 constexpr int kPvThreads = 128;
-__global__ void __launch_bounds__(kPvThreads) pvFp16Kernel(AttnParams p, int source) {
+static __global__ void __launch_bounds__(kPvThreads) pvFp16Kernel(AttnParams p, int source) {
   const int ci = p.list[blockIdx.x];
   const Chunk c = p.chunks[ci];
   const int kvh = blockIdx.y, hb = p.headsPerBlock, d = p.headDim;
@@ -489,7 +490,7 @@ IQ_UNROLL
 
 // ------------------------------------------------------------------ merge of the partials
 // One block per query head, one thread per channel: M = max_c m_c, out = sum_c e^(m_c-M) o_c / sum_c e^(m_c-M) l_c.
-__global__ void __launch_bounds__(256) mergeKernel(const float* partialO, const float* partialM, const float* partialL,
+static __global__ void __launch_bounds__(256) mergeKernel(const float* partialO, const float* partialM, const float* partialL,
                                                    int chunkCount, int qHeads, int headDim, float* out) {
   const int h = blockIdx.x;
   for (int j = threadIdx.x; j < headDim; j += blockDim.x) {

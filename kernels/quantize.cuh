@@ -118,7 +118,7 @@ __device__ __forceinline__ double loadElement(const QuantParams& p, int row, int
 }
 
 // kRowGrouped: one warp per (row, head, channel group). Lanes read consecutive channels (coalesced).
-__global__ void __launch_bounds__(128) quantizeRowGroupedKernel(QuantParams p) {
+static __global__ void __launch_bounds__(128) quantizeRowGroupedKernel(QuantParams p) {
   const int n = p.headDim / p.m.groupSize, blocks = p.m.groupSize / 32;
   const long long gid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const long long total = (long long)p.count * p.kvHeads * n;
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(128) quantizeRowGroupedKernel(QuantParams p) {
 
 // kColGrouped: one warp per (token group, head, channel); lane l holds tokens l, l+32, ... of the group.
 // Loads are strided by a row (uncoalesced), acceptable for a kernel that runs once per G tokens.
-__global__ void __launch_bounds__(128) quantizeColGroupedKernel(QuantParams p) {
+static __global__ void __launch_bounds__(128) quantizeColGroupedKernel(QuantParams p) {
   const int G = p.m.groupSize, blocks = G / 32, d = p.headDim;
   const long long gid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const long long total = (long long)(p.count / G) * p.kvHeads * d;
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(128) quantizeColGroupedKernel(QuantParams p) {
 }
 
 // kFp16Rows pages: a copy into the per-head [slot][d] layout (keys normalized like the quantized formats).
-__global__ void __launch_bounds__(256) appendFp16RowsKernel(QuantParams p) {
+static __global__ void __launch_bounds__(256) appendFp16RowsKernel(QuantParams p) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   const long long total = (long long)p.count * p.kvHeads * p.headDim;
   if (i >= total) return;
