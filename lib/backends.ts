@@ -3,7 +3,12 @@ import { native } from './native';
 import type { BackendName } from './options';
 
 export interface BackendsInfo {
-  cpu: { available: true; avx2: boolean; fma: boolean; f16c: boolean; threads: number; simdKernels: boolean };
+  /**
+   * simdKernels: the AVX2 table can run; kernels: the table a cache with the default `simd: true` runs
+   * ('avx512vnni' needs AVX-512 F/BW/VL/DQ/VNNI/BITALG, and only replaces the InnerQ integer paths).
+   */
+  cpu: { available: true; avx2: boolean; fma: boolean; f16c: boolean; avx512vnni: boolean; threads: number; simdKernels: boolean;
+    kernels: 'avx512vnni' | 'avx2' | 'portable' };
   cuda: { compiled: boolean; devices: number; deviceNames: string[]; error?: string };
   sim: { compiled: boolean };
   buildFlags: string;
@@ -14,9 +19,10 @@ export function backends(): BackendsInfo {
   const n = native().nativeInfo();
   const cuda: BackendsInfo['cuda'] = { compiled: n.cuda.compiled, devices: n.cuda.devices, deviceNames: n.cuda.deviceNames ?? [] };
   if (n.cuda.error) cuda.error = n.cuda.error;
+  const simdKernels = n.cpu.avx2KernelsCompiled && n.cpu.avx2 && n.cpu.fma && n.cpu.f16c;
   return {
-    cpu: { available: true, avx2: n.cpu.avx2, fma: n.cpu.fma, f16c: n.cpu.f16c, threads: n.cpu.threads,
-      simdKernels: n.cpu.avx2KernelsCompiled && n.cpu.avx2 && n.cpu.fma && n.cpu.f16c },
+    cpu: { available: true, avx2: n.cpu.avx2, fma: n.cpu.fma, f16c: n.cpu.f16c, avx512vnni: n.cpu.avx512vnni, threads: n.cpu.threads,
+      simdKernels, kernels: simdKernels ? (n.cpu.avx512KernelsCompiled && n.cpu.avx512vnni ? 'avx512vnni' : 'avx2') : 'portable' },
     cuda,
     sim: { compiled: n.sim.compiled },
     buildFlags: n.buildFlags,

@@ -4,7 +4,7 @@ import { native, NativeCacheInstance, NativeSnapshot } from './native';
 import { chooseBackend } from './backends';
 import * as persist from './persist';
 import { DeviceBuffer, DeviceDtype, ForeignDevicePointer, checkForeign, elementBytes } from './device';
-import { KVCacheOptions, ResolvedOptions, SIM_ORDERS, nativeConfig, resolveOptions } from './options';
+import { KVCacheOptions, ResolvedOptions, SIM_ORDERS, nativeConfig, resolveOptions, simdLevel } from './options';
 
 export interface KVCacheStats {
   /** Tokens held, summed over layers. */
@@ -69,7 +69,7 @@ export class KVCache {
     this.rowLength = o.kvHeads * o.headDim;
     this.tokensPerLayer = new Array(o.layers).fill(0);
     this.handle = new (native().NativeCache)(nativeConfig(o), this.backend, {
-      threads: o.threads, simd: o.simd, simThreadOrder: SIM_ORDERS.indexOf(o.simThreadOrder), simSeed: o.simSeed, deviceId: o.deviceId,
+      threads: o.threads, simd: simdLevel(o.simd), simThreadOrder: SIM_ORDERS.indexOf(o.simThreadOrder), simSeed: o.simSeed, deviceId: o.deviceId,
     });
   }
 
@@ -295,7 +295,7 @@ export class KVCache {
     return o;
   }
 
-  /** Which kernels run this cache ('avx2' / 'portable' on cpu, else the backend name) and with how many threads. */
+  /** Which kernels run this cache ('avx512vnni' / 'avx2' / 'portable' on cpu, else the backend name) and with how many threads. */
   kernelInfo(): { kernels: string; threads: number; pageBytes: number; ringCapacity: number } {
     return this.live('kernelInfo').geometry();
   }

@@ -9,7 +9,7 @@ export interface NativeConfig {
   keyFormat: NativeFormat; valueFormat: NativeFormat;
   sinkTokens: number; recentTokens: number; pageTokens: number; keyNorm: boolean;
 }
-export interface NativeBackendOptions { threads: number; simd: boolean; simThreadOrder: number; simSeed: number; deviceId: number }
+export interface NativeBackendOptions { threads: number; /** 0 portable, 1 AVX2 only, 2 best */ simd: number; simThreadOrder: number; simSeed: number; deviceId: number }
 export interface NativeStats {
   tokens: number; codeBytes: number; scaleBytes: number; windowBytes: number; heldBytes: number;
   fp16Bytes: number; allocatedBytes: number; pagesInUse: number; pagesAllocated: number;
@@ -44,7 +44,7 @@ export interface NativeCacheInstance {
   backendName(): string;
 }
 export interface NativeInfo {
-  cpu: { avx2: boolean; fma: boolean; f16c: boolean; threads: number; avx2KernelsCompiled: boolean };
+  cpu: { avx2: boolean; fma: boolean; f16c: boolean; avx512vnni: boolean; threads: number; avx2KernelsCompiled: boolean; avx512KernelsCompiled: boolean };
   sim: { compiled: boolean };
   cuda: { compiled: boolean; devices: number; error?: string; deviceNames?: string[] };
   buildFlags: string;

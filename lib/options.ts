@@ -65,8 +65,11 @@ export interface KVCacheOptions extends Partial<QuantSettings> {
   backend?: BackendName;
   /** cpu backend: worker threads (default: all cores). */
   threads?: number;
-  /** cpu backend: false forces the portable (non-AVX2) kernels. */
-  simd?: boolean;
+  /**
+   * cpu backend kernels: true (default) = the best this CPU has (AVX-512 VNNI for the InnerQ integer paths, else
+   * AVX2), 'avx2' = never AVX-512, false = the portable C++ kernels.
+   */
+  simd?: boolean | 'avx2';
   /** cuda backend: which GPU. */
   deviceId?: number;
   /** sim backend: order in which the emulated threads of a block run (exposes races). */
@@ -83,7 +86,7 @@ export const OPTION_KEYS: readonly string[] = [
 
 export interface ResolvedOptions extends QuantSettings {
   layers: number; qHeads: number; kvHeads: number; headDim: number; maxTokens: number;
-  preset: PresetName; pageTokens: number; backend: BackendName; threads: number; simd: boolean;
+  preset: PresetName; pageTokens: number; backend: BackendName; threads: number; simd: boolean | 'avx2';
   deviceId: number; simThreadOrder: (typeof SIM_ORDERS)[number]; simSeed: number;
 }
 
@@ -133,7 +136,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   if (pageTokens % 128 !== 0) throw v.rangeError('a multiple of 128 between 128 and 8192', 'options.pageTokens', pageTokens);
   const backend = o.backend === undefined ? 'auto' : v.oneOf(o.backend, 'options.backend', BACKENDS);
   const threads = o.threads === undefined ? 0 : v.integer(o.threads, 'options.threads', 1, LIMITS.threads);
-  const simd = o.simd === undefined ? true : v.boolean(o.simd, 'options.simd');
+  const simd = o.simd === undefined ? true : simdChoice(o.simd);
   const deviceId = o.deviceId === undefined ? 0 : v.integer(o.deviceId, 'options.deviceId', 0, 64);
   const simThreadOrder = o.simThreadOrder === undefined ? 'forward' : v.oneOf(o.simThreadOrder, 'options.simThreadOrder', SIM_ORDERS);
   const simSeed = o.simSeed === undefined ? 1 : v.integer(o.simSeed, 'options.simSeed', 0, 0x7fffffff);
@@ -171,4 +174,15 @@ export function nativeConfig(o: ResolvedOptions): NativeConfig {
 /** Storage bits per cached element of a quantized matrix: code bits + fp16 scale (+ fp16 zero) per group. */
 export function effectiveBits(bits: number, mode: QuantMode, groupSize: number): number {
   return bits + (mode === 'sym' ? 16 : 32) / groupSize;
+}
+
+function simdChoice(value: unknown): boolean | 'avx2' {
+  if (value === true || value === false || value === 'avx2') return value;
+  const what = "true, false or 'avx2'";
+  throw typeof value === 'boolean' || typeof value === 'string' ? v.rangeError(what, 'options.simd', value) : v.typeError(what, 'options.simd', value);
+}
+
+/** The native kernel choice for options.simd: 0 portable, 1 AVX2 only, 2 the best the CPU has. */
+export function simdLevel(simd: boolean | 'avx2'): number {
+  return simd === false ? 0 : simd === 'avx2' ? 1 : 2;
 }

@@ -37,7 +37,10 @@ objs=()
 for f in csrc/cpu/*.cpp; do
   o="build-asan-native/$(basename "${f%.cpp}").o"
   extra=""
-  case "$f" in *_avx2.cpp) extra="-mavx2 -mfma -mf16c" ;; esac
+  case "$f" in
+    *_avx2.cpp) extra="-mavx2 -mfma -mf16c" ;;
+    *_avx512.cpp) extra="-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg" ;;
+  esac
   $CXX $FLAGS $extra -c "$f" -o "$o" &
   objs+=("$o")
 done

@@ -12,9 +12,11 @@ test('binding.gyp lists exactly the CPU sources CMake globs', () => {
   const gypSources = gyp.targets.flatMap((t) => t.sources).sort();
   const cmakeSources = ['csrc/binding', 'csrc/core', 'csrc/cpu'].flatMap(cppIn).sort();
   expect(gypSources).toEqual(cmakeSources);
-  // the AVX2 files need their own flags in both builds
-  const avx2Target = gyp.targets.find((t) => t.sources.every((s) => s.endsWith('_avx2.cpp')));
-  expect(avx2Target?.sources.sort()).toEqual(cmakeSources.filter((s) => s.endsWith('_avx2.cpp')));
+  // the AVX2 and AVX-512 files need their own flags in both builds
+  for (const suffix of ['_avx2.cpp', '_avx512.cpp']) {
+    const target = gyp.targets.find((t) => t.sources.every((s) => s.endsWith(suffix)));
+    expect(target?.sources.sort()).toEqual(cmakeSources.filter((s) => s.endsWith(suffix)));
+  }
 });
 
 test('CMakeLists.txt globs the folders this test assumes', () => {

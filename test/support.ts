@@ -54,13 +54,14 @@ export function randomVector(r: () => number, n: number, scale = 1): Float32Arra
 export interface BackendCase { label: string; options: Partial<KVCacheOptions> }
 
 /**
- * Backends to run here: cpu with its SIMD kernels, cpu forced to the portable kernels, sim (the CUDA
- * kernels executed on the CPU), and cuda when a device exists. Missing ones are reported, never silently
+ * Backends to run here: cpu with its best SIMD kernels, cpu limited to AVX2 when the best is AVX-512 VNNI, cpu
+ * forced to the portable kernels, sim (the CUDA kernels executed on the CPU), and cuda when a device exists. Missing ones are reported, never silently
  * dropped: sim must be compiled (CI relies on it), and a missing CUDA device prints why.
  */
 export function backendCases(): BackendCase[] {
   const b = backends();
   const cases: BackendCase[] = [{ label: 'cpu', options: { backend: 'cpu' } }];
+  if (b.cpu.kernels === 'avx512vnni') cases.push({ label: 'cpu-avx2', options: { backend: 'cpu', simd: 'avx2' } });
   if (b.cpu.simdKernels) cases.push({ label: 'cpu-portable', options: { backend: 'cpu', simd: false } });
   if (b.sim.compiled) cases.push({ label: 'sim', options: { backend: 'sim' } });
   else if (process.env.INNERQ_ALLOW_NO_SIM !== '1') throw new Error('the sim backend is not compiled: CI must run the CUDA kernels through sim');

@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
     run.layerBytes = (size_t)pagesPer * layout.pageBytes + 2 * windowBytes;
     int layers = (int)std::ceil(4.0 * 48 * 1048576 / (double)run.layerBytes);  // > 4x the largest L3 we run on
     layers = std::max(layers, 4);
+    if (const char* e = std::getenv("CPU_GEMV_LAYERS")) layers = std::max(1, std::atoi(e));  // 1 = cache-resident run
     run.L.resize(layers);
     for (int l = 0; l < layers; l++) {
       LayerView& v = run.L[l].v;

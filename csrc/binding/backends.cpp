@@ -26,11 +26,17 @@ Napi::Value NativeInfo(const Napi::CallbackInfo& info) {
   cpu.Set("avx2", f.avx2);
   cpu.Set("fma", f.fma);
   cpu.Set("f16c", f.f16c);
+  cpu.Set("avx512vnni", f.avx512vnni);
   cpu.Set("threads", f.threads);
 #ifdef INNERQ_HAVE_AVX2_KERNELS
   cpu.Set("avx2KernelsCompiled", true);
 #else
   cpu.Set("avx2KernelsCompiled", false);
+#endif
+#ifdef INNERQ_HAVE_AVX512_KERNELS
+  cpu.Set("avx512KernelsCompiled", true);
+#else
+  cpu.Set("avx512KernelsCompiled", false);
 #endif
   out.Set("cpu", cpu);
 
@@ -62,7 +68,7 @@ Napi::Value NativeInfo(const Napi::CallbackInfo& info) {
 }
 
 std::unique_ptr<Backend> createBackend(const std::string& name, const BackendOptions& o, std::string* error) {
-  if (name == "cpu") return makeCpuBackend(o.threads, o.simd);
+  if (name == "cpu") return makeCpuBackend(o.threads, static_cast<CpuKernels>(o.simd));
 #ifdef INNERQ_HAVE_SIM
   if (name == "sim") return makeSimBackend(o.simThreadOrder, o.simSeed);
 #endif

@@ -10,7 +10,7 @@ namespace binding {
 
 struct BackendOptions {
   int threads = 0;          // cpu: 0 = all cores
-  bool simd = true;         // cpu: false forces the portable kernels
+  int simd = 2;             // cpu: CpuKernels (0 portable, 1 AVX2 only, 2 the best the CPU has)
   int simThreadOrder = 0;   // sim: 0 forward, 1 reversed, 2 shuffled
   unsigned simSeed = 1;     // sim: seed of the shuffled order
   int deviceId = 0;         // cuda

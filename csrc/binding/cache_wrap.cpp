@@ -135,7 +135,7 @@ NativeCache::NativeCache(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   const Napi::Object o = info[2].As<Napi::Object>();
   BackendOptions bo;
   bo.threads = intField(o, "threads");
-  bo.simd = o.Get("simd").As<Napi::Boolean>().Value();
+  bo.simd = intField(o, "simd");
   bo.simThreadOrder = intField(o, "simThreadOrder");
   bo.simSeed = (unsigned)intField(o, "simSeed");
   bo.deviceId = intField(o, "deviceId");

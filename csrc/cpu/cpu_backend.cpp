@@ -38,6 +38,10 @@ CpuFeatures cpuFeatures() {
   unsigned a = 1, b = 0, c = 0, d = 0;
   __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d) : "c"(0));
   f.f16c = (c >> 29) & 1;
+  // libgcc sets the avx512* bits only when XGETBV shows the OS saving the opmask and zmm state.
+  f.avx512vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bitalg");
 #endif
   const unsigned hc = std::thread::hardware_concurrency();
   f.threads = hc ? (int)hc : 1;
@@ -154,7 +158,7 @@ struct Chunking {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, bool simd) : pool_(threads), k_(simd ? &avx2Kernels() : &portableKernels()) {}
+  CpuBackend(int threads, const Kernels* kernels) : pool_(threads), k_(kernels) {}
   const char* name() const override { return "cpu"; }
   const char* kernels() const { return k_->name; }
   int threads() const { return pool_.size(); }
@@ -548,11 +552,13 @@ Status CpuBackend::quantizeRows(const LayerView& v, Matrix mat, const uint16_t* 
 }  // namespace
 }  // namespace cpu
 
-std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd) {
+std::unique_ptr<Backend> makeCpuBackend(int threads, CpuKernels kernels) {
   const CpuFeatures f = cpuFeatures();
   if (threads <= 0) threads = f.threads;
-  const bool simd = allowSimd && f.avx2 && f.fma && f.f16c;
-  return std::unique_ptr<Backend>(new cpu::CpuBackend(threads, simd));
+  const cpu::Kernels* table = &cpu::portableKernels();
+  if (kernels != CpuKernels::kPortable && f.avx2 && f.fma && f.f16c) table = &cpu::avx2Kernels();
+  if (kernels == CpuKernels::kBest && table != &cpu::portableKernels() && f.avx512vnni) table = &cpu::avx512Kernels();
+  return std::unique_ptr<Backend>(new cpu::CpuBackend(threads, table));
 }
 
 Status cpuKeyScores(Backend& b, const LayerView& v, const float* query, float* scores) {

@@ -1,6 +1,6 @@
 // cpu_backend.h - the CPU backend: host memory, quantization into pages, and decode attention on the
-// compressed cache with fused dequantize+GEMV kernels (AVX2/FMA/F16C when the CPU has them, else portable C++),
-// spread over a small persistent thread pool.
+// compressed cache with fused dequantize+GEMV kernels (AVX-512 VNNI for the InnerQ integer paths and AVX2/FMA/F16C
+// for the rest when the CPU has them, else portable C++), spread over a small persistent thread pool.
 //
 // Numerics (see cpu_kernels.h and the report in test/native/cpu/README.md):
 //  - fp16 rows and KIVI-style formats (kColGrouped keys, kRowGrouped values) are float paths: they match an fp64
@@ -18,13 +18,22 @@ namespace innerq {
 
 struct CpuFeatures {
   bool avx2, fma, f16c;
+  // AVX-512 F+BW+VL+DQ+VNNI+BITALG, with the OS saving the zmm/opmask state (what kernels_avx512.cpp needs).
+  bool avx512vnni;
   int threads;  // hardware threads (std::thread::hardware_concurrency, at least 1)
 };
 CpuFeatures cpuFeatures();
 
-// threads: worker count including the caller (0 = all hardware threads). allowSimd: false forces the portable
-// kernels even on an AVX2 machine (the tests run both). The returned object is a CpuBackend.
-std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd);
+// Which kernel table a CPU backend runs. kBest: AVX-512 VNNI if present, else AVX2, else portable. kAvx2: never
+// the AVX-512 table (the tests run every table the machine has). kPortable: plain C++ on any CPU.
+enum class CpuKernels : int { kPortable = 0, kAvx2 = 1, kBest = 2 };
+
+// threads: worker count including the caller (0 = all hardware threads). The returned object is a CpuBackend.
+// A table the CPU lacks falls back to the next one down (cpuBackendKernels names the one chosen).
+std::unique_ptr<Backend> makeCpuBackend(int threads, CpuKernels kernels);
+inline std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd) {
+  return makeCpuBackend(threads, allowSimd ? CpuKernels::kBest : CpuKernels::kPortable);
+}
 
 // Separate GEMV entry points (benchmarks, and the Node layer's per-GEMV timing). `backend` must come from
 // makeCpuBackend (else Status::Unsupported). Calls on one backend must not overlap (attend included).
@@ -34,7 +43,7 @@ std::unique_ptr<Backend> makeCpuBackend(int threads, bool allowSimd);
 //   query: [qHeads][headDim]; scores: [qHeads][tokens] host floats.
 // cpuValueSum: out[h][:] = Σ_a probs[h*view.tokens + a] * V_a (probs need not be normalized but must be
 //   non-negative; InnerQ values quantize each 32-token slice of probs to u8 exactly as attend does).
-// cpuBackendKernels: "avx2" or "portable" (which kernel table the backend runs).
+// cpuBackendKernels: "avx512vnni", "avx2" or "portable" (which kernel table the backend runs).
 Status cpuKeyScores(Backend& backend, const LayerView& view, const float* query, float* scores);
 Status cpuValueSum(Backend& backend, const LayerView& view, const float* probs, float* out);
 const char* cpuBackendKernels(const Backend& backend);

@@ -74,6 +74,9 @@ struct Kernels {
 
 const Kernels& portableKernels();
 const Kernels& avx2Kernels();  // only call when the CPU has AVX2, FMA and F16C
+// The AVX2 table with the InnerQ integer paths replaced by AVX-512 VNNI kernels; only call when cpuFeatures()
+// reports avx512vnni (F, BW, VL, DQ, VNNI, BITALG and the OS saving zmm state).
+const Kernels& avx512Kernels();
 
 // Fast exact binary16 -> float for the portable path (fp16.cuh's halfToFloat goes through double/ldexp).
 inline float halfBitsToFloat(uint16_t h) {

@@ -183,7 +183,7 @@ function infoCommand(): Command {
       const lines = [
         `innerq ${version()}`,
         `machine:   ${describeMachine(m)}`,
-        `cpu:       available; avx2 ${yes(b.cpu.avx2)}, fma ${yes(b.cpu.fma)}, f16c ${yes(b.cpu.f16c)}; ${b.cpu.threads} threads; kernels ${b.cpu.simdKernels ? 'avx2' : 'portable'}`,
+        `cpu:       available; avx2 ${yes(b.cpu.avx2)}, fma ${yes(b.cpu.fma)}, f16c ${yes(b.cpu.f16c)}, avx512vnni ${yes(b.cpu.avx512vnni)}; ${b.cpu.threads} threads; kernels ${b.cpu.kernels}`,
         `cuda:      ${b.cuda.compiled ? 'compiled' : 'not compiled'}; ${b.cuda.devices} device(s)${b.cuda.deviceNames.length ? ` (${b.cuda.deviceNames.join(', ')})` : ''}${b.cuda.error ? `; ${b.cuda.error}` : ''}`,
         `sim:       ${b.sim.compiled ? 'compiled (the CUDA kernels run on the CPU)' : 'not compiled'}`,
         `auto:      ${b.cuda.devices > 0 ? 'cuda' : 'cpu'}`,

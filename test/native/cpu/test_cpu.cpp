@@ -2,7 +2,8 @@
 //   bash test/native/cpu/build.sh && build-cpu/test_cpu [seed]
 //
 // For every method x bits x G x mode (plus head dims 64/96/128/256, GQA ratios 1/4/8, token counts that are not
-// multiples of G, random and heavy-tailed data) and for both kernel tables (avx2, portable) it builds a layer
+// multiples of G, random and heavy-tailed data) and for every kernel table the machine has (avx512vnni, avx2,
+// portable) it builds a layer
 // cache (sink + pages + ring), quantizes it with quantizeRows and checks, against a plain fp64 evaluation on the
 // DEQUANTIZED cache:
 //  - per element quantization bounds: |x - x^| <= s/2 (sym and asym), hybrid picks the smaller-L1 mode;
@@ -507,16 +508,34 @@ int main(int argc, char** argv) {
   const unsigned long seed = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 12345;
   std::mt19937_64 rng(seed);
   const CpuFeatures feat = cpuFeatures();
-  std::printf("cpu: avx2 %d fma %d f16c %d threads %d, seed %lu\n", feat.avx2, feat.fma, feat.f16c, feat.threads, seed);
-  auto simd = makeCpuBackend(2, true);
-  auto portable = makeCpuBackend(2, false);
-  std::printf("kernels: %s / %s\n", cpuBackendKernels(*simd), cpuBackendKernels(*portable));
+  std::printf("cpu: avx2 %d fma %d f16c %d avx512vnni %d threads %d, seed %lu\n", feat.avx2, feat.fma, feat.f16c,
+              feat.avx512vnni, feat.threads, seed);
+  // Every kernel table this machine can run: the best one, AVX2 on its own when the best is AVX-512, portable.
+  auto simd = makeCpuBackend(2, CpuKernels::kBest);
+  auto portable = makeCpuBackend(2, CpuKernels::kPortable);
+  std::vector<Backend*> tables = {simd.get()};
+  std::unique_ptr<Backend> avx2;
+  if (std::string(cpuBackendKernels(*simd)) == "avx512vnni") {
+    avx2 = makeCpuBackend(2, CpuKernels::kAvx2);
+    tables.push_back(avx2.get());
+  }
+  tables.push_back(portable.get());
+  std::printf("kernels:");
+  for (Backend* b : tables) std::printf(" %s", cpuBackendKernels(*b));
+  std::printf("\n");
+  auto runAll = [&](const Config& cf, uint64_t configSeed, const char* label) {
+    for (Backend* b : tables) {
+      std::mt19937_64 r(configSeed);  // the same data for every table
+      runConfig(*b, cf, r, label);
+    }
+  };
   const int bitsList[] = {2, 3, 4, 8}, gList[] = {32, 64, 128}, dList[] = {64, 96, 128, 256}, rList[] = {1, 4, 8};
   int counter = 0, configs = 0;
   if (std::getenv("TEST_CPU_REPORT_ONLY")) {  // just the realistic-data error report
-    std::mt19937_64 r1(seed * 7 + 1), r2 = r1;
-    reportRealistic(*simd, "avx2", r1);
-    reportRealistic(*portable, "portable", r2);
+    for (Backend* b : tables) {
+      std::mt19937_64 r(seed * 7 + 1);
+      reportRealistic(*b, cpuBackendKernels(*b), r);
+    }
     return 0;
   }
   for (int method = 0; method < 3; method++)  // 0 InnerQ, 1 KIVI-style, 2 fp16 pages
@@ -560,9 +579,7 @@ int main(int argc, char** argv) {
           char label[160];
           std::snprintf(label, sizeof label, "[m%d b%d/%d G%d mode%d d%d r%d S%d qK%d qV%d T+%d heavy%d]", method, bits,
                         vbits, G, mode, d, rr, cf.S, qK, qV, cf.extra, cf.heavy);
-          std::mt19937_64 r1(rng()), r2 = r1;
-          runConfig(*simd, cf, r1, label);
-          runConfig(*portable, cf, r2, label);
+          runAll(cf, rng(), label);
           configs++;
         }
   // The G = 32 fast paths (lane-per-block InnerQ kernels) at the production shapes, every bit width and head ratio.
@@ -585,9 +602,7 @@ int main(int argc, char** argv) {
         cf.norm = true;
         char label[160];
         std::snprintf(label, sizeof label, "[fast b%d/%d d%d r%d qK%d qV%d]", bits, cf.vf.bits, d, rr, cf.qK, cf.qV);
-        std::mt19937_64 r1(rng()), r2 = r1;
-        runConfig(*simd, cf, r1, label);
-        runConfig(*portable, cf, r2, label);
+        runAll(cf, rng(), label);
         configs++;
       }
   // Long layers with one kv head: the backend splits each head's tokens into several chunks whose partial value
@@ -615,20 +630,17 @@ int main(int argc, char** argv) {
     cf.norm = method == 0;
     char label[160];
     std::snprintf(label, sizeof label, "[long m%d T%d]", method, cf.S + cf.qK + cf.extra);
-    std::mt19937_64 r1(rng()), r2 = r1;
-    runConfig(*simd, cf, r1, label);
-    runConfig(*portable, cf, r2, label);
+    runAll(cf, rng(), label);
     auto one = makeCpuBackend(1, true);  // single-threaded pool path
     std::mt19937_64 r3(rng());
     runConfig(*one, cf, r3, label);
     configs++;
   }
-  {
-    std::mt19937_64 r1(seed * 7 + 1), r2 = r1;
-    reportRealistic(*simd, "avx2", r1);
-    reportRealistic(*portable, "portable", r2);
+  for (Backend* b : tables) {
+    std::mt19937_64 r(seed * 7 + 1);
+    reportRealistic(*b, cpuBackendKernels(*b), r);
   }
-  std::printf("%d configs x 2 kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, checks, failures,
+  std::printf("%d configs x %zu kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, tables.size(), checks, failures,
               worstRatio);
   std::printf("float paths: worst normwise relative error %.2e (limit 1e-5); int8 paths: worst err / derived bound %.3f\n",
               worstFloatRel, worstI8Ratio);
