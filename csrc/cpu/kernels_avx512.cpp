@@ -76,17 +76,6 @@ inline void splitFourBit(__m512i q0, __m512i q1, __m512i c[4]) {
   c[3] = _mm512_and_si512(_mm512_srli_epi64(q1, 4), m15);
 }
 
-// 8 consecutive 3-bit blocks at p (96 bytes: block r = dwords 3r, 3r+1 (2-bit plane), 3r+2 (high plane)):
-// two overlapping loads (bytes 0..63 and 32..95) and two dword permutations. Index o of the 96-byte run is lane o
-// of A for o < 16, else lane 16 + (o - 8) of the pair (A, B) (B starts at dword 8).
-inline void threeBitRun(const uint8_t* p, __m512i c[4]) {
-  const __m512i A = _mm512_loadu_si512(p), B = _mm512_loadu_si512(p + 32);
-  const __m512i loIdx = _mm512_setr_epi32(0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 24, 26, 27, 29, 30);
-  const __m512i hiIdx = _mm512_setr_epi32(2, 2, 5, 5, 8, 8, 11, 11, 14, 14, 25, 25, 28, 28, 31, 31);
-  splitTwoBit(_mm512_permutex2var_epi32(A, loIdx, B), c);
-  addHighPlane(_mm512_permutex2var_epi32(A, hiIdx, B), c);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // InnerQ keys (kRowGrouped, G = 32, d = 128 or 256): 8 tokens per step, one 128-channel chunk (4 blocks) at a
 // time. The token rows are transposed in registers so that each block b gives a "(token, half)" vector.
@@ -185,6 +174,8 @@ struct KeyChunk<4> {
   void block(int b, __m512i c[4]) const { splitFourBit(C[2 * b], C[2 * b + 1], c); }
 };
 
+inline __m256 sumHalves(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
+
 // Scales (or zeros) of 8 tokens for channel chunk ch as 32 binary16 [token][block]; n = scales per token (4 or 8).
 inline __m512i chunkHalves(const uint16_t* sc, int n, int ch) {
   if (n == 4) return _mm512_loadu_si512(sc);
@@ -193,26 +184,29 @@ inline __m512i chunkHalves(const uint16_t* sc, int n, int ch) {
   return _mm512_permutex2var_epi64(A, _mm512_add_epi64(_mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_set1_epi64(ch)), B);
 }
 
-// Lane (r, h) -> lane r of a 256-bit half: sum of the two halves of each row, for two accumulators at once
-// (result lanes 0..7 from x, 8..15 from y).
-inline __m512 foldHalves(__m512 x, __m512 y) {
-  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  return _mm512_add_ps(_mm512_permutex2var_ps(x, ev, y), _mm512_permutex2var_ps(x, od, y));
-}
+// Per (head, block pair) float constants of one call: the activation scales sigma (and sigma * sum) of blocks
+// 2p and 2p+1 in lanes 0..7 and 8..15, matching the combined lane layout of keyTokens8.
+struct KeySigmas {
+  __m512 sigma[kMaxHeadBlock * kMaxHeadDim / 64], sigmaSum[kMaxHeadBlock * kMaxHeadDim / 64];
+};
 
 // Scores for 8 tokens whose code rows and binary16 scales/zeros are given: s[h*lds + i] for i < cnt.
 // The group parameters are per (token, block): a = |scale|; for groups with a zero point bz = zero (asymmetric) or
 // -a*2^(b-1) (symmetric), and score += a*sigma*D + bz*sigmaSum. Symmetric-only matrices (ZEROS = false) fold the
 // offset into the integer sum instead: D - 2^(b-1) * S is exact, where S (the sum of the query slice's codes per
-// half) is the accumulator's start value, so the float work is one multiply and one FMA per block and head.
+// half) is the accumulator's start value. Blocks go in pairs: the halves of both blocks' dot products are added
+// in integers by two permutes into one vector (lanes 0..7: tokens of block 2p, 8..15: of block 2p+1), so the float
+// work (convert, scale, accumulate) runs once per block pair and head - it, with vpdpbusd, is what occupies the
+// vector ALU port (the permutes run on another one).
 template <int BITS, bool ZEROS, int R, int D>
 inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const I8Set& q,
-                       const __m512i* startS, float* s, size_t lds, int cnt) {
+                       const __m512i* startS, const KeySigmas& ks, float* s, size_t lds, int cnt) {
   constexpr int n = D / 32, ROW = n * vnniBlockBytes(BITS);
   __m512 acc[R];
   for (int h = 0; h < R; h++) acc[h] = _mm512_setzero_ps();
   const float off = (float)vnniSymOffset(BITS);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int ch = 0; ch < D / 128; ch++) {
     KeyChunk<BITS> chunk;
     chunk.template load<ROW>(rows + ch * 4 * vnniBlockBytes(BITS));
@@ -225,52 +219,45 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
       z0 = _mm512_cvtph_ps(_mm512_castsi512_si256(rz));
       z1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(rz, 1));
     }
-    for (int b = 0; b < 4; b++) {
-      // lane (t, half) <- float index 4t + b of (f0 | f1)
-      const __m512i ib = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28),
-                                          _mm512_set1_epi32(b));
+    for (int bp = 0; bp < 2; bp++) {
+      // lane t (< 8) <- float index 4t + 2bp of (f0 | f1), lane 8 + t <- 4t + 2bp + 1
+      const __m512i ib = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29),
+                                          _mm512_set1_epi32(2 * bp));
       const __m512 sg = _mm512_permutex2var_ps(f0, ib, f1);
       const __m512 a = _mm512_abs_ps(sg);
       __m512 bz = a;
       if (ZEROS) {
         const __mmask16 asym = _mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u));
         bz = _mm512_mask_blend_ps(asym, _mm512_mul_ps(a, _mm512_set1_ps(-off)), _mm512_permutex2var_ps(z0, ib, z1));
-        bz = _mm512_maskz_mov_ps(0x5555, bz);  // the zero-point term once per token: only in its half-0 lane
       }
-      const int k = 4 * ch + b;  // block (= group) index in the row
-      __m512i c[4];
-      chunk.block(b, c);
+      __m512i c0[4], c1[4];
+      chunk.block(2 * bp, c0);
+      chunk.block(2 * bp + 1, c1);
+      const int k0 = 4 * ch + 2 * bp, pairIdx = k0 / 2;  // first block (= group) index of the pair in the row
       for (int h = 0; h < R; h++) {
-        const int8_t* qk = q.q + h * q.ldq + 32 * k;
-        __m512i Dv = ZEROS ? _mm512_setzero_si512() : startS[h * n + k];
-        Dv = _mm512_dpbusd_epi32(Dv, c[0], bcastQword(qk));
-        Dv = _mm512_dpbusd_epi32(Dv, c[1], bcastQword(qk + 8));
-        Dv = _mm512_dpbusd_epi32(Dv, c[2], bcastQword(qk + 16));
-        Dv = _mm512_dpbusd_epi32(Dv, c[3], bcastQword(qk + 24));
-        const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dv), _mm512_set1_ps(q.sigma[h * q.lds + k]));
+        const int8_t* qk = q.q + h * q.ldq + 32 * k0;
+        __m512i D0 = ZEROS ? _mm512_setzero_si512() : startS[h * n + k0];
+        __m512i D1 = ZEROS ? _mm512_setzero_si512() : startS[h * n + k0 + 1];
+        for (int j = 0; j < 4; j++) {
+          D0 = _mm512_dpbusd_epi32(D0, c0[j], bcastQword(qk + 8 * j));
+          D1 = _mm512_dpbusd_epi32(D1, c1[j], bcastQword(qk + 32 + 8 * j));
+        }
+        const __m512i Dp = _mm512_add_epi32(_mm512_permutex2var_epi32(D0, even, D1), _mm512_permutex2var_epi32(D0, odd, D1));
+        const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dp), ks.sigma[h * (n / 2) + pairIdx]);
         acc[h] = _mm512_fmadd_ps(x, a, acc[h]);
-        if (ZEROS) acc[h] = _mm512_fmadd_ps(bz, _mm512_set1_ps(q.sigmaSum[h * q.lds + k]), acc[h]);
+        if (ZEROS) acc[h] = _mm512_fmadd_ps(bz, ks.sigmaSum[h * (n / 2) + pairIdx], acc[h]);
       }
     }
   }
-  int h = 0;
-  alignas(64) float tmp[16];
-  for (; h + 2 <= R; h += 2) {
-    const __m512 v = foldHalves(acc[h], acc[h + 1]);
+  for (int h = 0; h < R; h++) {
+    const __m256 v = sumHalves(acc[h]);  // token t: block-pair sums of the even and the odd blocks
     if (cnt == 8) {
-      _mm256_storeu_ps(s + h * lds, _mm512_castps512_ps256(v));
-      _mm256_storeu_ps(s + (h + 1) * lds, _mm512_extractf32x8_ps(v, 1));
+      _mm256_storeu_ps(s + h * lds, v);
     } else {
-      _mm512_store_ps(tmp, v);
-      for (int i = 0; i < cnt; i++) {
-        s[h * lds + i] = tmp[i];
-        s[(h + 1) * lds + i] = tmp[8 + i];
-      }
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
     }
-  }
-  if (h < R) {
-    _mm512_store_ps(tmp, foldHalves(acc[h], acc[h]));
-    for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
   }
 }
 
@@ -288,12 +275,20 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
         const int64_t lo = (uint32_t)(-vnniSymOffset(BITS) * half[0]), hi = (uint32_t)(-vnniSymOffset(BITS) * half[1]);
         startS[h * n + k] = _mm512_set1_epi64((int64_t)((uint64_t)hi << 32 | (uint64_t)lo));
       }
+  KeySigmas ks;
+  for (int h = 0; h < R; h++)
+    for (int pi = 0; pi < n / 2; pi++) {
+      const float* sg = q.sigma + h * q.lds + 2 * pi;
+      const float* sS = q.sigmaSum + h * q.lds + 2 * pi;
+      ks.sigma[h * (n / 2) + pi] = _mm512_insertf32x8(_mm512_set1_ps(sg[0]), _mm256_set1_ps(sg[1]), 1);
+      ks.sigmaSum[h * (n / 2) + pi] = _mm512_insertf32x8(_mm512_set1_ps(sS[0]), _mm256_set1_ps(sS[1]), 1);
+    }
   int tb = t0;
   for (; tb + 8 <= t1; tb += 8) {
     const uint8_t* rows = m.codes + (size_t)tb * ROW;
     // The hardware streamer follows one sequential stream well; a prefetch 2 steps ahead covers the gaps.
     for (int o = 0; o < 8 * ROW; o += 64) _mm_prefetch((const char*)(rows + 16 * ROW + o), _MM_HINT_T0);
-    keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, q, startS,
+    keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, q, startS, ks,
                                   s + (tb - t0), lds, 8);
   }
   if (tb < t1) {  // tail: copies of the rows, the missing ones repeating the last token (their results are not stored)
@@ -306,7 +301,7 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
       std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
       if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
     }
-    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, q, startS, s + (tb - t0), lds, cnt);
+    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, q, startS, ks, s + (tb - t0), lds, cnt);
   }
 }
 
@@ -342,19 +337,58 @@ void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// InnerQ values (kColGrouped, G = 32): rows = 8 consecutive channels, whose blocks for one token group are
-// contiguous (8 * blockBytes). Loop order: tiles of 8 token groups; within a tile channel chunk outer, token groups
-// inner, so that the R accumulators stay in registers; each chunk pass reads its own cache lines of the tile.
+// InnerQ values (kColGrouped, G = 32): lane = channel, 16 channels per vector, no halves. The blocks of 16
+// consecutive channels for one token group are contiguous (16 * blockBytes). Code vector k (k = 0..7) holds, in
+// dword lane c, the codes of tokens 4k .. 4k+3 of channel c, so vpdpbusd with the probability dword p[4k .. 4k+3]
+// broadcast accumulates the whole 32-token dot product of channel c in lane c after k = 0..7: the float work (scale,
+// zero point) is then done once per channel, on 16 distinct lanes. Dword e of a block holds those tokens directly
+// (4-bit: low nibbles tokens 4e.., high nibbles 16 + 4e..; 2-bit and the 3-bit low plane: bits 2j..2j+1 of dword e
+// are tokens 8j + 4e ..), so a vector is a dword gather across the 16 blocks plus a shift and mask.
 template <int BITS>
-inline void valueRun(const uint8_t* p, __m512i c[4]) {
-  if (BITS == 2) {
-    splitTwoBit(_mm512_loadu_si512(p), c);
-  } else if (BITS == 3) {
-    threeBitRun(p, c);
-  } else {  // 4-bit: channels 0..3 in A, 4..7 in B, two qwords each
+inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
+  const __m512i m3 = _mm512_set1_epi8(3), m15 = _mm512_set1_epi8(15);
+  if (BITS == 2) {  // channel c = qword c of A (c < 8) / B
     const __m512i A = _mm512_loadu_si512(p), B = _mm512_loadu_si512(p + 64);
-    splitFourBit(_mm512_permutex2var_epi64(A, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), B),
-                 _mm512_permutex2var_epi64(A, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), B), c);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i E[2] = {_mm512_permutex2var_epi32(A, even, B),
+                          _mm512_permutex2var_epi32(A, _mm512_add_epi32(even, _mm512_set1_epi32(1)), B)};
+    for (int j = 0; j < 4; j++)
+      for (int e = 0; e < 2; e++) cv[2 * j + e] = _mm512_and_si512(_mm512_srli_epi32(E[e], 2 * j), m3);
+  } else if (BITS == 3) {  // channel c = dwords 3c, 3c+1 (2-bit plane), 3c+2 (high plane) of 48 dwords in R0..R2
+    const __m512i R0 = _mm512_loadu_si512(p), R1 = _mm512_loadu_si512(p + 64), R2 = _mm512_loadu_si512(p + 128);
+    const __m512i three = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
+    __m512i G[3];
+    for (int x = 0; x < 3; x++) {  // lane c <- dword 3c + x: from R0|R1 below index 32, else from R2
+      const __m512i idx = _mm512_add_epi32(three, _mm512_set1_epi32(x));
+      const __mmask16 high = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32));
+      G[x] = _mm512_mask_permutexvar_epi32(_mm512_permutex2var_epi32(R0, idx, R1), high,
+                                           _mm512_sub_epi32(idx, _mm512_set1_epi32(32)), R2);
+    }
+    const __m512i four = _mm512_set1_epi8(4);
+    for (int j = 0; j < 4; j++)
+      for (int e = 0; e < 2; e++) {
+        const int k = 2 * j + e;
+        __m512i c = _mm512_and_si512(_mm512_srli_epi32(G[e], 2 * j), m3);
+        // byte i of dword lane c is token 4k + i; its high bit is bit 4k + i of channel c's plane (lane c of G[2]),
+        // which vpshufbitqmb addresses within the qword of lanes (2q, 2q + 1): selector (c % 2) * 32 + 4k + i.
+        alignas(8) uint8_t sel8[8];
+        for (int i = 0; i < 8; i++) sel8[i] = (uint8_t)((i / 4) * 32 + 4 * k + (i % 4));
+        int64_t sel;
+        std::memcpy(&sel, sel8, 8);
+        const __mmask64 hb = _mm512_bitshuffle_epi64_mask(G[2], _mm512_set1_epi64(sel));
+        cv[k] = _mm512_mask_add_epi8(c, hb, c, four);
+      }
+  } else {  // 4-bit: channel c = dwords 4c .. 4c+3 of R0..R3 (4 channels each)
+    __m512i R[4];
+    for (int i = 0; i < 4; i++) R[i] = _mm512_loadu_si512(p + 64 * i);
+    const __m512i quad = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    for (int e = 0; e < 4; e++) {
+      const __m512i idx = _mm512_add_epi32(quad, _mm512_set1_epi32(e));
+      const __m512i G = _mm512_mask_blend_epi32(0xFF00, _mm512_permutex2var_epi32(R[0], idx, R[1]),
+                                                _mm512_permutex2var_epi32(R[2], idx, R[3]));
+      cv[e] = _mm512_and_si512(G, m15);
+      cv[4 + e] = _mm512_and_si512(_mm512_srli_epi32(G, 4), m15);
+    }
   }
 }
 
@@ -362,64 +396,51 @@ template <int BITS, bool ZEROS, int R>
 void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
   constexpr int bb = vnniBlockBytes(BITS), kTile = 8;  // token groups per tile
   const float off = (float)vnniSymOffset(BITS);
-  const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  // Accumulators in the (channel, half) lane layout, [head][chunk]: registers within a tile, L1 between tiles.
-  alignas(64) float accMem[R * 2 * kMaxHeadDim];
-  std::memset(accMem, 0, sizeof(float) * R * 2 * d);
-  const int chunks = d / 8;
+  // Accumulators [head][chunk of 16 channels]: registers within a tile, L1 between tiles.
+  alignas(64) float accMem[R * kMaxHeadDim];
+  std::memset(accMem, 0, sizeof(float) * R * d);
+  const int chunks = d / 16;
   for (int tt = g0; tt < g1; tt += kTile) {
     const int te = tt + kTile < g1 ? tt + kTile : g1;
     // The next tile's codes (contiguous: token groups are d blocks apart), spread over this tile's chunk passes so
-    // that DRAM sees one sequential stream although each pass reads one cache line per token group.
+    // that DRAM sees one sequential stream although each pass reads a few cache lines per token group.
     const size_t nextBytes = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) * bb : 0;
     const char* next = (const char*)(m.codes + (size_t)te * d * bb);
     const size_t perChunk = (nextBytes / chunks + 63) & ~(size_t)63;
     for (int c = 0; c < chunks; c++) {
-      const int j0 = 8 * c;
+      const int j0 = 16 * c;
       for (size_t o = c * perChunk; o < (c + 1) * perChunk && o < nextBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
       __m512 acc[R];
-      for (int h = 0; h < R; h++) acc[h] = _mm512_load_ps(accMem + (h * chunks + c) * 16);
+      for (int h = 0; h < R; h++) acc[h] = _mm512_load_ps(accMem + h * d + j0);
       for (int tg = tt; tg < te; tg++) {
         const size_t gi = (size_t)tg * d + j0;
-        __m512i cv[4];
-        valueRun<BITS>(m.codes + gi * bb, cv);
-        const __m512 sg = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m.scales + gi)))));
+        __m512i cv[8];
+        valueCodes16<BITS>(m.codes + gi * bb, cv);
+        const __m512 sg = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(m.scales + gi)));
         const __m512 a = _mm512_abs_ps(sg);
         __m512 bz = _mm512_mul_ps(a, _mm512_set1_ps(-off));
-        if (ZEROS) {
-          const __m512 z = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(m.zeros + gi)))));
-          bz = _mm512_mask_blend_ps(_mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u)), bz, z);
-        }
-        bz = _mm512_maskz_mov_ps(0x5555, bz);  // the zero-point term once per channel: only in its half-0 lane
+        if (ZEROS)
+          bz = _mm512_mask_blend_ps(_mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u)), bz,
+                                    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(m.zeros + gi))));
         for (int h = 0; h < R; h++) {
           const uint8_t* pk = p.q + h * p.ldq + (size_t)tg * 32;
-          __m512i D = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bcastQword(pk), cv[0]);  // weights unsigned, codes signed
-          D = _mm512_dpbusd_epi32(D, bcastQword(pk + 8), cv[1]);
-          D = _mm512_dpbusd_epi32(D, bcastQword(pk + 16), cv[2]);
-          D = _mm512_dpbusd_epi32(D, bcastQword(pk + 24), cv[3]);
+          __m512i D = _mm512_setzero_si512();
+          for (int k = 0; k < 8; k++) {
+            int32_t w;
+            std::memcpy(&w, pk + 4 * k, 4);
+            D = _mm512_dpbusd_epi32(D, _mm512_set1_epi32(w), cv[k]);  // weights unsigned, codes signed
+          }
           const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(D), _mm512_set1_ps(p.sigma[h * p.lds + tg]));
           acc[h] = _mm512_fmadd_ps(x, a, acc[h]);
           acc[h] = _mm512_fmadd_ps(bz, _mm512_set1_ps(p.sigmaSum[h * p.lds + tg]), acc[h]);
         }
       }
-      for (int h = 0; h < R; h++) _mm512_store_ps(accMem + (h * chunks + c) * 16, acc[h]);
+      for (int h = 0; h < R; h++) _mm512_store_ps(accMem + h * d + j0, acc[h]);
     }
   }
-  for (int c = 0; c < chunks; c++) {
-    int h = 0;
-    for (; h + 2 <= R; h += 2) {
-      const __m512 v = foldHalves(_mm512_load_ps(accMem + (h * chunks + c) * 16), _mm512_load_ps(accMem + ((h + 1) * chunks + c) * 16));
-      float* o0 = out + h * d + 8 * c;
-      float* o1 = out + (h + 1) * d + 8 * c;
-      _mm256_storeu_ps(o0, _mm256_add_ps(_mm256_loadu_ps(o0), _mm512_castps512_ps256(v)));
-      _mm256_storeu_ps(o1, _mm256_add_ps(_mm256_loadu_ps(o1), _mm512_extractf32x8_ps(v, 1)));
-    }
-    if (h < R) {
-      const __m512 x = _mm512_load_ps(accMem + (h * chunks + c) * 16);
-      float* o0 = out + h * d + 8 * c;
-      _mm256_storeu_ps(o0, _mm256_add_ps(_mm256_loadu_ps(o0), _mm512_castps512_ps256(foldHalves(x, x))));
-    }
-  }
+  for (int h = 0; h < R; h++)
+    for (int j = 0; j < d; j += 16)
+      _mm512_storeu_ps(out + h * d + j, _mm512_add_ps(_mm512_loadu_ps(out + h * d + j), _mm512_load_ps(accMem + h * d + j)));
 }
 
 template <int BITS, bool ZEROS>
@@ -449,7 +470,6 @@ void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, 
 // ---------------------------------------------------------------------------------------------------------
 // fp16 rows with 512-bit vectors (the baseline must not be handicapped where InnerQ is not: these are the AVX2
 // kernels' loop structures with twice the width, so one converted row chunk feeds HB FMAs of 16 lanes).
-inline __m256 sumHalves(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
 
 // Lane i of the result = horizontal sum of v[i], for 8 vectors (as kernels_avx2.cpp's hsum8).
 inline __m256 hsum8x(const __m512* v) {
@@ -467,6 +487,12 @@ void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, 
   for (int i = 0; i < n; i += TB) {
     const uint16_t* rp[TB];
     for (int t = 0; t < TB; t++) rp[t] = rows + (size_t)(i + t < n ? i + t : n - 1) * ld;  // clamp the tail
+    // Software prefetch kAhead rows ahead: the FMA work per byte is small enough that the DRAM latency between the
+    // hardware streamer's requests would otherwise show.
+    constexpr int kAhead = 24;
+    if (i + kAhead + TB <= n)
+      for (int t = 0; t < TB; t++)
+        for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(rows + (size_t)(i + kAhead + t) * ld + j), _MM_HINT_T0);
     __m512 acc[8];
     for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
     for (int j = 0; j < d; j += 16) {
@@ -491,20 +517,21 @@ void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, i
   for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds);
 }
 
-// Weighted sum: as kernels_avx2.cpp's wsumFp16T (token tiles, two-level summation, next tile prefetched), with
-// CV vectors of 16 channels x HB heads of accumulators in registers.
+// Weighted sum: as kernels_avx2.cpp's wsumFp16T (token tiles, two-level summation, next tile prefetched row by row
+// during the first channel pass), with CV vectors of 16 channels x HB heads of accumulators in registers.
 template <int HB, int CV>
 void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out) {
   constexpr int kTile = 64;
   for (int i0 = 0; i0 < n; i0 += kTile) {
     const int i1 = i0 + kTile < n ? i0 + kTile : n;
-    for (int i = i1; i < i1 + kTile && i < n; i++)
-      for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(rows + (size_t)i * ld + j), _MM_HINT_T0);
     for (int j = 0; j < d; j += 16 * CV) {
       __m512 acc[HB][CV];
       for (int h = 0; h < HB; h++)
         for (int c = 0; c < CV; c++) acc[h][c] = _mm512_setzero_ps();
       for (int i = i0; i < i1; i++) {
+        // during the first channel pass, row i's counterpart in the next tile (one row per row: a steady stream)
+        if (j == 0 && i + kTile < n)
+          for (int jj = 0; jj < d; jj += 32) _mm_prefetch((const char*)(rows + (size_t)(i + kTile) * ld + jj), _MM_HINT_T0);
         __m512 v[CV];
         for (int c = 0; c < CV; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rows + (size_t)i * ld + j + 16 * c)));
         for (int h = 0; h < HB; h++) {
