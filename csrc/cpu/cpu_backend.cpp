@@ -263,7 +263,7 @@ void walk(const LayerView& v, Matrix m, int kh, int a0, int a1, F16&& fp16, PAGE
     int e = S + (p + 1) * v.pageTokens;
     if (e > a1) e = a1;
     if (e > S + q) e = S + q;
-    page(p, s0, s0 + (e - a), a);
+    page(p, s0, s0 + (e - a), a, e < a1 && e < S + q);  // last: whether the range continues in page p + 1
     a = e;
   }
   while (a < a1) {
@@ -315,8 +315,9 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
     walk(
         v, Matrix::Keys, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds); },
-        [&](int p, int s0, int s1, int a) {
-          const QuantRef m = headRef(v, v.layout.keys, f, p, kh);
+        [&](int p, int s0, int s1, int a, bool more) {
+          QuantRef m = headRef(v, v.layout.keys, f, p, kh);
+          if (more) m.nextCodes = headRef(v, v.layout.keys, f, p + 1, kh).codes;
           if (f.orientation == kFp16Rows) {
             k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds);
           } else if (f.orientation == kRowGrouped) {
@@ -344,8 +345,9 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
     walk(
         v, Matrix::Values, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob); },
-        [&](int p, int s0, int s1, int a) {
-          const QuantRef m = headRef(v, v.layout.values, f, p, kh);
+        [&](int p, int s0, int s1, int a, bool more) {
+          QuantRef m = headRef(v, v.layout.values, f, p, kh);
+          if (more) m.nextCodes = headRef(v, v.layout.values, f, p + 1, kh).codes;
           if (f.orientation == kFp16Rows) {
             k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob);
           } else if (f.orientation == kRowGrouped) {

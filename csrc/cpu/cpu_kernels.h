@@ -22,6 +22,9 @@ struct QuantRef {
   const uint8_t* codes;    // this head's code slice inside a page
   const uint16_t* scales;  // this head's scale slice
   const uint16_t* zeros;   // this head's zero slice, nullptr when the format has none (kSym)
+  // The same head's code slice in the page the caller visits next, when the visited range continues there (else
+  // nullptr): a prefetch hint only, so that a kernel can stream into the next page instead of stalling at its start.
+  const uint8_t* nextCodes = nullptr;
 };
 
 // int8-quantized activations (the InnerQ integer path). Row h (query head h of the block) starts at

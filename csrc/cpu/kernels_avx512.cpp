@@ -286,8 +286,11 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
   int tb = t0;
   for (; tb + 8 <= t1; tb += 8) {
     const uint8_t* rows = m.codes + (size_t)tb * ROW;
-    // The hardware streamer follows one sequential stream well; a prefetch 2 steps ahead covers the gaps.
-    for (int o = 0; o < 8 * ROW; o += 64) _mm_prefetch((const char*)(rows + 16 * ROW + o), _MM_HINT_T0);
+    // The hardware streamer follows one sequential stream well; a prefetch 2 steps ahead covers the gaps, and runs
+    // on into the next page (m.nextCodes) at the end of this one, whose first rows would otherwise stall.
+    const uint8_t* ahead = tb + 16 < t1 ? rows + 16 * ROW : m.nextCodes ? m.nextCodes + (size_t)(tb + 16 - t1) * ROW : nullptr;
+    if (ahead)
+      for (int o = 0; o < 8 * ROW; o += 64) _mm_prefetch((const char*)(ahead + o), _MM_HINT_T0);
     keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, q, startS, ks,
                                   s + (tb - t0), lds, 8);
   }
@@ -404,8 +407,13 @@ void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float
     const int te = tt + kTile < g1 ? tt + kTile : g1;
     // The next tile's codes (contiguous: token groups are d blocks apart), spread over this tile's chunk passes so
     // that DRAM sees one sequential stream although each pass reads a few cache lines per token group.
-    const size_t nextBytes = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) * bb : 0;
+    // The last tile prefetches the first tile of the next page (m.nextCodes) when the caller goes on there.
+    size_t nextBytes = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) * bb : 0;
     const char* next = (const char*)(m.codes + (size_t)te * d * bb);
+    if (te == g1 && m.nextCodes) {
+      nextBytes = (size_t)kTile * d * bb;
+      next = (const char*)m.nextCodes;
+    }
     const size_t perChunk = (nextBytes / chunks + 63) & ~(size_t)63;
     for (int c = 0; c < chunks; c++) {
       const int j0 = 16 * c;
