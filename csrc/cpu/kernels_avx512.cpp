@@ -1,8 +1,8 @@
-// kernels_avx512.cpp - AVX-512 kernels: VNNI for the InnerQ integer paths, 512-bit fp16 rows (built with -mavx512f
-// -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg plus the AVX2 flags; only reached after cpuFeatures()
-// confirmed all of them, OS support for the zmm state included). The KIVI-style float kernels, the softmax and the
-// activation quantizers are the AVX2 ones, and so is every InnerQ shape the fast paths below do not cover (G > 32,
-// head dims other than 128/256 for keys, 8-bit codes).
+// kernels_avx512.cpp - AVX-512 kernels: VNNI for the InnerQ integer paths, 512-bit fp16 rows and KIVI-style float
+// paths (built with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg plus the AVX2 flags; only
+// reached after cpuFeatures() confirmed all of them, OS support for the zmm state included), plus the softmax
+// numerator and the u8 weight quantizer. The query quantizer is the AVX2 one, and so is every InnerQ shape the fast
+// paths below do not cover (G > 32, head dims other than 128/256 for keys, 8-bit codes).
 //
 // Why these kernels are faster than the AVX2 ones: vpdpbusd multiplies 64 u8 x s8 byte pairs and adds each group of
 // four products into a 32-bit lane in ONE instruction, where AVX2 needs maddubs + add + madd (and an hadd tree to
@@ -26,17 +26,15 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "simd_common.h"
 
 namespace innerq {
 namespace cpu {
 namespace {
-
-// See kernels_avx2.cpp: this file must not emit out-of-line copies of the shared inline helpers.
-constexpr int vnniBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : bits == 4 ? 16 : 32; }
-constexpr int vnniSymOffset(int bits) { return 1 << (bits - 1); }
 
 inline __m512i bcastQword(const void* p) {
   int64_t w;
@@ -201,15 +199,15 @@ struct KeySigmas {
 template <int BITS, bool ZEROS, int R, int D>
 inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const I8Set& q,
                        const __m512i* startS, const KeySigmas& ks, float* s, size_t lds, int cnt) {
-  constexpr int n = D / 32, ROW = n * vnniBlockBytes(BITS);
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   __m512 acc[R];
   for (int h = 0; h < R; h++) acc[h] = _mm512_setzero_ps();
-  const float off = (float)vnniSymOffset(BITS);
+  const float off = (float)avxSymOffset(BITS);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int ch = 0; ch < D / 128; ch++) {
     KeyChunk<BITS> chunk;
-    chunk.template load<ROW>(rows + ch * 4 * vnniBlockBytes(BITS));
+    chunk.template load<ROW>(rows + ch * 4 * avxBlockBytes(BITS));
     // The 8 tokens' 4 scales of this chunk (token t's n scales are at sc + t*n) as 32 binary16: [t][block].
     const __m512i raw = chunkHalves(sc, n, ch);
     const __m512 f0 = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), f1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
@@ -263,7 +261,7 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
 
 template <int BITS, bool ZEROS, int R, int D>
 void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
-  constexpr int n = D / 32, ROW = n * vnniBlockBytes(BITS);
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   // Symmetric start values: lane (t, half) = -2^(b-1) * (sum of the 16 query codes that half sees), see keyTokens8.
   alignas(64) __m512i startS[ZEROS ? 1 : R * n];
   if (!ZEROS)
@@ -272,7 +270,7 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
         int half[2] = {0, 0};
         for (int j = 0; j < 4; j++)
           for (int i = 0; i < 8; i++) half[i / 4] += q.q[h * q.ldq + 32 * k + 8 * j + i];
-        const int64_t lo = (uint32_t)(-vnniSymOffset(BITS) * half[0]), hi = (uint32_t)(-vnniSymOffset(BITS) * half[1]);
+        const int64_t lo = (uint32_t)(-avxSymOffset(BITS) * half[0]), hi = (uint32_t)(-avxSymOffset(BITS) * half[1]);
         startS[h * n + k] = _mm512_set1_epi64((int64_t)((uint64_t)hi << 32 | (uint64_t)lo));
       }
   KeySigmas ks;
@@ -397,8 +395,8 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
 
 template <int BITS, bool ZEROS, int R>
 void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
-  constexpr int bb = vnniBlockBytes(BITS), kTile = 8;  // token groups per tile
-  const float off = (float)vnniSymOffset(BITS);
+  constexpr int bb = avxBlockBytes(BITS), kTile = 8;  // token groups per tile
+  const float off = (float)avxSymOffset(BITS);
   // Accumulators [head][chunk of 16 channels]: registers within a tile, L1 between tiles.
   alignas(64) float accMem[R * kMaxHeadDim];
   std::memset(accMem, 0, sizeof(float) * R * d);
@@ -563,6 +561,229 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
   for (; h < r; h++) wsumFp16T<1, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// KIVI-style baselines with 512-bit vectors: kernels_avx2.cpp's structure (scale folded into the activation for
+// keys, one dequantized L1 tile shared by all heads for values) with 16-lane converts and FMAs, so that the
+// comparison with InnerQ is between kernels using the same vector width.
+inline void codesToFloat32(__m256i u, __m512& f0, __m512& f1) {  // 32 byte codes -> two 16-lane float vectors
+  f0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(u)));
+  f1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(u, 1)));
+}
+
+// Keys (kColGrouped): per 32-token block of one token group, every channel's 32 codes as two float vectors and one
+// FMA per vector and head with the folded query q~[h][j] = q[h][j] * a[j]; c[h] = Σ_j q[h][j] * bz[j] starts the sum.
+template <int BITS, int HB>
+void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const float* qt, const float* c, float* s,
+                 size_t lds) {
+  __m512 acc[HB][2];
+  for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm512_set1_ps(c[h]);
+  for (int j = 0; j < d; j++) {
+    __m512 f0, f1;
+    codesToFloat32(unpack32<BITS>(codes + (size_t)j * gb + (size_t)sl * bb), f0, f1);
+    for (int h = 0; h < HB; h++) {
+      const __m512 w = _mm512_set1_ps(qt[h * kMaxHeadDim + j]);
+      acc[h][0] = _mm512_fmadd_ps(w, f0, acc[h][0]);
+      acc[h][1] = _mm512_fmadd_ps(w, f1, acc[h][1]);
+    }
+  }
+  for (int h = 0; h < HB; h++) {
+    _mm512_storeu_ps(s + h * lds + sl * 32, acc[h][0]);
+    _mm512_storeu_ps(s + h * lds + sl * 32 + 16, acc[h][1]);
+  }
+}
+
+template <int BITS>
+void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                 size_t lds) {
+  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(64) float qt[kMaxHeadBlock * kMaxHeadDim];
+  float c[kMaxHeadBlock];
+  for (int tg = g0; tg < g1; tg++) {
+    const size_t gi0 = (size_t)tg * d;
+    for (int h = 0; h < r; h++) {
+      __m256 cacc = _mm256_setzero_ps();
+      for (int j = 0; j < d; j += 8) {
+        __m256 a, bz;
+        params8(_mm_loadu_si128((const __m128i*)(m.scales + gi0 + j)), m.zeros,
+                m.zeros ? _mm_loadu_si128((const __m128i*)(m.zeros + gi0 + j)) : _mm_setzero_si128(), off, a, bz);
+        const __m256 qv = _mm256_loadu_ps(q + h * d + j);
+        _mm256_store_ps(qt + h * kMaxHeadDim + j, _mm256_mul_ps(qv, a));
+        cacc = _mm256_fmadd_ps(qv, bz, cacc);
+      }
+      c[h] = hsum(cacc);
+    }
+    const uint8_t* codes = m.codes + gi0 * gb;
+    float* sg = s + (size_t)(tg - g0) * G;
+    for (int sl = 0; sl < spg; sl++) {
+      int h = 0;
+      for (; h + 4 <= r; h += 4) colKeysPass<BITS, 4>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h + 2 <= r; h += 2) colKeysPass<BITS, 2>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h < r; h++) colKeysPass<BITS, 1>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+    }
+  }
+}
+
+void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                size_t lds) {
+  switch (f.bits) {
+    case 2: return scoresColFT<2>(m, f, d, g0, g1, q, r, s, lds);
+    case 3: return scoresColFT<3>(m, f, d, g0, g1, q, r, s, lds);
+    case 4: return scoresColFT<4>(m, f, d, g0, g1, q, r, s, lds);
+    default: return scoresColFT<8>(m, f, d, g0, g1, q, r, s, lds);
+  }
+}
+
+// Values (kRowGrouped): each 32-code block dequantized once (x^ = a*u + bz) into an L1 tile of [token][32 channels],
+// then per head two FMAs per token (32 channels) into register accumulators; tile partials are added to out.
+template <int HB>
+void rowValuesTile(const float* xt, int cnt, const float* p, size_t ldp, float* out /* [HB][32] */) {
+  __m512 acc[HB][2];
+  for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
+  for (int t = 0; t < cnt; t++) {
+    const __m512 x0 = _mm512_load_ps(xt + t * 32), x1 = _mm512_load_ps(xt + t * 32 + 16);
+    for (int h = 0; h < HB; h++) {
+      const __m512 w = _mm512_set1_ps(p[h * ldp + t]);
+      acc[h][0] = _mm512_fmadd_ps(w, x0, acc[h][0]);
+      acc[h][1] = _mm512_fmadd_ps(w, x1, acc[h][1]);
+    }
+  }
+  for (int h = 0; h < HB; h++) {
+    _mm512_storeu_ps(out + h * 32, acc[h][0]);
+    _mm512_storeu_ps(out + h * 32 + 16, acc[h][1]);
+  }
+}
+
+template <int BITS>
+void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+               float* out) {
+  constexpr int kTile = 64;
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(64) float xt[kTile * 32];
+  alignas(64) float part[kMaxHeadBlock * 32];
+  for (int tt = t0; tt < t1; tt += kTile) {
+    const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
+    for (int g = 0; g < n; g++) {
+      for (int sl = 0; sl < spg; sl++) {
+        for (int t = 0; t < cnt; t++) {
+          const size_t gi = (size_t)(tt + t) * n + g;
+          const uint16_t sb = m.scales[gi];
+          const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
+          const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
+          __m512 f0, f1;
+          codesToFloat32(unpack32<BITS>(m.codes + gi * gb + (size_t)sl * bb), f0, f1);
+          _mm512_store_ps(xt + t * 32, _mm512_fmadd_ps(_mm512_set1_ps(a), f0, _mm512_set1_ps(bz)));
+          _mm512_store_ps(xt + t * 32 + 16, _mm512_fmadd_ps(_mm512_set1_ps(a), f1, _mm512_set1_ps(bz)));
+        }
+        const float* pt = p + (tt - t0);
+        int h = 0;
+        for (; h + 4 <= r; h += 4) rowValuesTile<4>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h + 2 <= r; h += 2) rowValuesTile<2>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h < r; h++) rowValuesTile<1>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        const int ch0 = g * G + sl * 32;
+        for (h = 0; h < r; h++)
+          for (int j = 0; j < 32; j += 16)
+            _mm512_storeu_ps(out + h * d + ch0 + j, _mm512_add_ps(_mm512_loadu_ps(out + h * d + ch0 + j), _mm512_load_ps(part + h * 32 + j)));
+      }
+    }
+  }
+}
+
+void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+              float* out) {
+  switch (f.bits) {
+    case 2: return wsumRowFT<2>(m, f, d, t0, t1, p, ldp, r, out);
+    case 3: return wsumRowFT<3>(m, f, d, t0, t1, p, ldp, r, out);
+    case 4: return wsumRowFT<4>(m, f, d, t0, t1, p, ldp, r, out);
+    default: return wsumRowFT<8>(m, f, d, t0, t1, p, ldp, r, out);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Softmax numerator and u8 weights with 512-bit vectors (per kv head of a decode step they touch r x T floats,
+// ~10% of an InnerQ step with the AVX2 versions). Same formulas as kernels_avx2.cpp: exp by Cody-Waite reduction and
+// a degree-7 Taylor polynomial (relative error ~2e-7), here with vscalefps applying 2^n; the u8 quantizer rounds
+// x * (255/max) to nearest-even exactly as the AVX2 one, so both tables produce the same codes.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  // below: e^-87 ~ 1.6e-38, flushed to 0 as in the AVX2 exp
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LE_OQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.0f / 5040);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 720));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps((__mmask16)~tiny, y, n);
+}
+
+float softmaxExp(float* s, int n) {
+  __m512 mv = _mm512_set1_ps(-INFINITY), mv2 = mv;
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + i));
+    mv2 = _mm512_max_ps(mv2, _mm512_loadu_ps(s + i + 16));
+  }
+  float mx = _mm512_reduce_max_ps(_mm512_max_ps(mv, mv2));
+  for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+  const __m512 m16 = _mm512_set1_ps(mx);
+  // Two-level sum as in the AVX2 version: float lanes over blocks of 512 elements, then double across blocks.
+  double total = 0;
+  i = 0;
+  while (i + 16 <= n) {
+    __m512 sum = _mm512_setzero_ps(), sum2 = sum;
+    int e16 = 0;
+    for (; e16 < 32 && i + 32 <= n; e16 += 2, i += 32) {
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), m16));
+      const __m512 f = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i + 16), m16));
+      _mm512_storeu_ps(s + i, e);
+      _mm512_storeu_ps(s + i + 16, f);
+      sum = _mm512_add_ps(sum, e);
+      sum2 = _mm512_add_ps(sum2, f);
+    }
+    if (e16 < 32 && i + 16 <= n) {
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), m16));
+      _mm512_storeu_ps(s + i, e);
+      sum = _mm512_add_ps(sum, e);
+      i += 16;
+    }
+    sum = _mm512_add_ps(sum, sum2);
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(sum)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(sum, 1));
+    total += _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
+  if (i < n) {  // masked tail through the same exp
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + i), m16));
+    _mm512_mask_storeu_ps(s + i, k, e);
+    total += _mm512_reduce_add_ps(_mm512_maskz_mov_ps(k, e));
+  }
+  return (float)total;
+}
+
+void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum) {
+  for (int k = 0; k < n / 32; k++) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * k), v1 = _mm512_loadu_ps(x + 32 * k + 16);
+    const float m = _mm512_reduce_max_ps(_mm512_max_ps(v0, v1));
+    // below 1e-36 the slice counts as zero (see kernels_avx2.cpp's quantizeI8)
+    const bool tiny = !(m > 1e-36f);
+    const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
+    const __m512 iv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+    const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, iv)), lo), hi);
+    const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, iv)), lo), hi);
+    _mm_storeu_si128((__m128i*)(q + 32 * k), _mm512_cvtepi32_epi8(c0));
+    _mm_storeu_si128((__m128i*)(q + 32 * k + 16), _mm512_cvtepi32_epi8(c1));
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+  }
+}
+
 Kernels makeTable() {
   Kernels k = avx2Kernels();
   k.name = "avx512vnni";
@@ -570,6 +791,10 @@ Kernels makeTable() {
   k.wsumColI8 = wsumColI8;
   k.scoresFp16 = scoresFp16;
   k.wsumFp16 = wsumFp16;
+  k.scoresColF = scoresColF;
+  k.wsumRowF = wsumRowF;
+  k.softmaxExp = softmaxExp;
+  k.quantizeU8 = quantizeU8;
   return k;
 }
 

@@ -1,0 +1,130 @@
+// simd_common.h - AVX2-level helpers shared by kernels_avx2.cpp and kernels_avx512.cpp (both compiled with at least
+// -mavx2 -mfma -mf16c). Everything here has internal linkage (anonymous namespace): each including file gets its own
+// copy, encoded with its own instruction set, so the linker can never hand one file's AVX-512 encoding to the other.
+// Include only from files compiled with the AVX2 flags.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace innerq {
+namespace cpu {
+namespace {
+
+// The SIMD files must not call the shared inline helpers of format.cuh: in an unoptimised build their out-of-line
+// copies would be emitted there with AVX encodings and the linker could pick them for the portable code too.
+// Internal-linkage copies (same formulas as format.cuh) avoid that.
+constexpr int avxBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : bits == 4 ? 16 : 32; }
+constexpr int avxGroupBytes(int bits, int groupSize) { return (groupSize / 32) * avxBlockBytes(bits); }
+constexpr int avxSymOffset(int bits) { return 1 << (bits - 1); }
+
+// ---------------------------------------------------------------------------------------------------------
+// code unpacking: 32 codes of one block -> 32 bytes, element e in byte e.
+template <int BITS>
+inline __m256i unpack32(const uint8_t* p);
+
+template <>
+inline __m256i unpack32<2>(const uint8_t* p) {
+  // Block byte i holds u[8k+i] in bits 2k..2k+1: broadcast the 8 bytes to the four 64-bit lanes, shift lane k
+  // right by 2k, mask -> lane k's bytes are u[8k .. 8k+7].
+  int64_t w;
+  std::memcpy(&w, p, 8);
+  const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(w), _mm256_set_epi64x(6, 4, 2, 0));
+  return _mm256_and_si256(v, _mm256_set1_epi8(3));
+}
+
+template <>
+inline __m256i unpack32<3>(const uint8_t* p) {
+  // Bytes 8..11: a 32-bit plane whose bit e is bit 2 of u[e]. Broadcast it, copy byte e/8 of the word to byte e
+  // (pshufb works per 128-bit lane, and the word is present in every lane), isolate bit e%8 with the mask
+  // 0x8040201008040201 (byte k = 1<<k), compare to get 0xff/0x00, keep 4.
+  uint32_t hi;
+  std::memcpy(&hi, p + 8, 4);
+  const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                       3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)hi), sel);
+  h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+  return _mm256_or_si256(unpack32<2>(p), _mm256_and_si256(h, _mm256_set1_epi8(4)));
+}
+
+template <>
+inline __m256i unpack32<4>(const uint8_t* p) {
+  // Byte i: low nibble u[i], high nibble u[i+16]: one 16-byte load, the shifted copy in the upper lane.
+  const __m128i x = _mm_loadu_si128((const __m128i*)p);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
+}
+
+template <>
+inline __m256i unpack32<8>(const uint8_t* p) {
+  return _mm256_loadu_si256((const __m256i*)p);
+}
+
+// 32 unsigned codes . 32 int8 activations -> 8 int32 partial sums.
+template <int BITS>
+inline __m256i dot32(__m256i c, __m256i q) {
+  if (BITS == 8) {
+    // maddubs would saturate (2*255*127 = 64770 > 32767): widen both to int16 and use madd, exact in int32.
+    const __m256i c0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+    const __m256i c1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
+    const __m256i q0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    const __m256i q1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(c0, q0), _mm256_madd_epi16(c1, q1));
+  }
+  // u <= 15, |q| <= 127: a maddubs pair is at most 2*15*127 = 3810, no int16 saturation.
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(c, q), _mm256_set1_epi16(1));
+}
+
+// 32 unsigned codes . 32 u8 weights (the value path) -> 8 int32 partial sums. The weights are the unsigned operand
+// of maddubs and the codes (<= 15) the signed one: a pair is at most 2*255*15 = 7650, no int16 saturation.
+template <int BITS>
+inline __m256i dotU8(__m256i c, __m256i p) {
+  if (BITS == 8) {  // both operands up to 255: widen to int16, madd (pairs <= 2*255*255, exact in int32)
+    const __m256i c0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(c));
+    const __m256i c1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(c, 1));
+    const __m256i p0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(p));
+    const __m256i p1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(p, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(c0, p0), _mm256_madd_epi16(c1, p1));
+  }
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(p, c), _mm256_set1_epi16(1));
+}
+
+// Lane i of the result = horizontal sum of v[i] (int32), for 8 vectors.
+inline __m256i hsum8(const __m256i* v) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // per 128-bit lane a = [v0 v1 v2 v3] partials (low half / high half of each vector), b = [v4..v7]
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+inline __m256 hsum8(const __m256* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+inline float hsum(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// Group parameters for 8 groups given their 8 binary16 scales (and zeros): x^ = a*u + bz, a = |scale|,
+// bz = zero for asymmetric groups (scale sign bit set) and -a*2^(b-1) for symmetric ones. blendv selects on the
+// float sign bit, which is the fp16 sign bit after conversion.
+inline void params8(__m128i scaleBits, const uint16_t* zeros, __m128i zeroBits, float offset, __m256& a, __m256& bz) {
+  const __m256 sc = _mm256_cvtph_ps(scaleBits);
+  a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), sc);
+  bz = _mm256_mul_ps(a, _mm256_set1_ps(-offset));
+  if (zeros) bz = _mm256_blendv_ps(bz, _mm256_cvtph_ps(zeroBits), sc);
+}
+
+inline __m128i gather8h(const uint16_t* base, const int* idx) {
+  return _mm_setr_epi16((short)base[idx[0]], (short)base[idx[1]], (short)base[idx[2]], (short)base[idx[3]],
+                        (short)base[idx[4]], (short)base[idx[5]], (short)base[idx[6]], (short)base[idx[7]]);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace innerq
