@@ -1,5 +1,6 @@
 // common.ts - shared pieces of the innerq CLI: the usage error, option parsers, progress, machine description,
 // aligned text tables and markdown tables.
+import * as fs from 'fs';
 import * as os from 'os';
 import { backends, BackendsInfo } from '../backends';
 import { PRESET_NAMES, PresetName } from '../options';
@@ -82,8 +83,27 @@ export interface MachineInfo {
   arch: string;
   osRelease: string;
   node: string;
+  /** last-level cache size in bytes from sysfs (Linux), or null where it cannot be read */
+  l3Bytes: number | null;
   backends: BackendsInfo;
   date: string;
+}
+
+/** The largest cache level sysfs reports for cpu0 ("48M", "32768K"), or null. */
+function lastLevelCacheBytes(): number | null {
+  let best: number | null = null;
+  for (let i = 0; i < 8; i++) {
+    try {
+      const text = fs.readFileSync(`/sys/devices/system/cpu/cpu0/cache/index${i}/size`, 'utf8').trim();
+      const m = /^(\d+)([KMG]?)$/.exec(text);
+      if (!m) continue;
+      const bytes = Number(m[1]) * ({ '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 } as Record<string, number>)[m[2]];
+      if (best === null || bytes > best) best = bytes;
+    } catch {
+      break;
+    }
+  }
+  return best;
 }
 
 export function machineInfo(): MachineInfo {
@@ -98,6 +118,7 @@ export function machineInfo(): MachineInfo {
     arch: process.arch,
     osRelease: os.release(),
     node: process.version,
+    l3Bytes: lastLevelCacheBytes(),
     backends: backends(),
     date: new Date().toISOString(),
   };

@@ -69,7 +69,7 @@ function benchHeader(r: BenchResult): string[] {
   const steps = r.rows.filter((x) => x.kind === 'step' && x.distinctLayers < p.layers);
   if (steps.length) {
     const held = steps.map((x) => x.bytesPerLayer * x.distinctLayers);
-    lines.push(`distinct cache memory per preset and context: ${mib(Math.min(...held))}–${mib(Math.max(...held))} MiB (L3 32 MiB), ${Math.min(...steps.map((x) => x.distinctLayers))}–${Math.max(...steps.map((x) => x.distinctLayers))} distinct layers`);
+    lines.push(`distinct cache memory per preset and context: ${mib(Math.min(...held))}–${mib(Math.max(...held))} MiB (last-level cache ${r.machine.l3Bytes ? `${mib(r.machine.l3Bytes)} MiB` : "size unknown"}), ${Math.min(...steps.map((x) => x.distinctLayers))}–${Math.max(...steps.map((x) => x.distinctLayers))} distinct layers`);
   }
   if (r.bandwidth) {
     lines.push(`read bandwidth: ${Object.entries(r.bandwidth.gbps).map(([t, g]) => `${t} thread${t === '1' ? '' : 's'} ${g.toFixed(1)} GB/s`).join(', ')} (${r.bandwidth.method})`);
