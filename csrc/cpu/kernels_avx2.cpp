@@ -478,18 +478,7 @@ void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1
   float c[kMaxHeadBlock];
   for (int tg = g0; tg < g1; tg++) {
     const size_t gi0 = (size_t)tg * d;
-    for (int h = 0; h < r; h++) {
-      __m256 cacc = _mm256_setzero_ps();
-      for (int j = 0; j < d; j += 8) {
-        __m256 a, bz;
-        params8(_mm_loadu_si128((const __m128i*)(m.scales + gi0 + j)), m.zeros,
-                m.zeros ? _mm_loadu_si128((const __m128i*)(m.zeros + gi0 + j)) : _mm_setzero_si128(), off, a, bz);
-        const __m256 qv = _mm256_loadu_ps(q + h * d + j);
-        _mm256_store_ps(qt + h * kMaxHeadDim + j, _mm256_mul_ps(qv, a));
-        cacc = _mm256_fmadd_ps(qv, bz, cacc);
-      }
-      c[h] = hsum(cacc);
-    }
+    foldKeyGroup(m, d, gi0, q, r, off, qt, c);
     const uint8_t* codes = m.codes + gi0 * gb;
     float* sg = s + (size_t)(tg - g0) * G;
     for (int sl = 0; sl < spg; sl++) {

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu_kernels.h"
+
 namespace innerq {
 namespace cpu {
 namespace {
@@ -123,6 +125,24 @@ inline void params8(__m128i scaleBits, const uint16_t* zeros, __m128i zeroBits, 
 inline __m128i gather8h(const uint16_t* base, const int* idx) {
   return _mm_setr_epi16((short)base[idx[0]], (short)base[idx[1]], (short)base[idx[2]], (short)base[idx[3]],
                         (short)base[idx[4]], (short)base[idx[5]], (short)base[idx[6]], (short)base[idx[7]]);
+}
+
+// KIVI-style keys: a token group's scale and zero point per channel folded into the query, so that the inner loop
+// is convert + FMA: q~[h][j] = q[h][j] * a[j] (qt, row stride kMaxHeadDim) and c[h] = Σ_j q[h][j] * bz[j].
+// gi0 = the group's first scale index (token group * d).
+inline void foldKeyGroup(const QuantRef& m, int d, size_t gi0, const float* q, int r, float off, float* qt, float* c) {
+  for (int h = 0; h < r; h++) {
+    __m256 cacc = _mm256_setzero_ps();
+    for (int j = 0; j < d; j += 8) {
+      __m256 a, bz;
+      params8(_mm_loadu_si128((const __m128i*)(m.scales + gi0 + j)), m.zeros,
+              m.zeros ? _mm_loadu_si128((const __m128i*)(m.zeros + gi0 + j)) : _mm_setzero_si128(), off, a, bz);
+      const __m256 qv = _mm256_loadu_ps(q + h * d + j);
+      _mm256_storeu_ps(qt + h * kMaxHeadDim + j, _mm256_mul_ps(qv, a));
+      cacc = _mm256_fmadd_ps(qv, bz, cacc);
+    }
+    c[h] = hsum(cacc);
+  }
 }
 
 }  // namespace
