@@ -372,10 +372,8 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
         __m512i c = _mm512_and_si512(_mm512_srli_epi32(G[e], 2 * j), m3);
         // byte i of dword lane c is token 4k + i; its high bit is bit 4k + i of channel c's plane (lane c of G[2]),
         // which vpshufbitqmb addresses within the qword of lanes (2q, 2q + 1): selector (c % 2) * 32 + 4k + i.
-        alignas(8) uint8_t sel8[8];
-        for (int i = 0; i < 8; i++) sel8[i] = (uint8_t)((i / 4) * 32 + 4 * k + (i % 4));
-        int64_t sel;
-        std::memcpy(&sel, sel8, 8);
+        // bytes (0, 1, 2, 3, 32, 33, 34, 35) + 4k
+        const long long sel = 0x2322212003020100LL + k * 0x0404040404040404LL;
         const __mmask64 hb = _mm512_bitshuffle_epi64_mask(G[2], _mm512_set1_epi64(sel));
         cv[k] = _mm512_mask_add_epi8(c, hb, c, four);
       }
