@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   const int T = argc > 2 ? std::atoi(argv[2]) : 16384;
   const int sweeps = argc > 3 ? std::atoi(argv[3]) : 15;
   const bool simd = argc > 4 ? std::atoi(argv[4]) != 0 : true;
-  const int kvH = 8, r = 4, qH = kvH * r, d = 128, S = 32, P = 1024;
+  const int kvH = 8, r = 4, qH = kvH * r, d = 128, S = 32;
+  const int P = std::getenv("CPU_GEMV_PAGE") ? std::atoi(std::getenv("CPU_GEMV_PAGE")) : 1024;  // page tokens
   const int quant = (T - S - 96) / 128 * 128;  // quantized tokens; the rest (>= 96) is the fp16 ring tail
   const int ringCap = ((T - S - quant) + 127) / 128 * 128;
   auto backend = makeCpuBackend(threads, simd);

@@ -314,12 +314,13 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
     float* sOut = s + (size_t)hb * lds;
     walk(
         v, Matrix::Keys, kh, a0, a1,
-        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds); },
+        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
           QuantRef m = headRef(v, v.layout.keys, f, p, kh);
-          if (more) m.nextCodes = headRef(v, v.layout.keys, f, p + 1, kh).codes;
+          if (more) m.setNext(headRef(v, v.layout.keys, f, p + 1, kh));
           if (f.orientation == kFp16Rows) {
-            k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds);
+            k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds,
+                           (const uint16_t*)m.nextCodes);
           } else if (f.orientation == kRowGrouped) {
             const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32,
                           qSigS_.p + (size_t)qh * d / 32, (size_t)d / 32};
@@ -344,12 +345,13 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
     float* ob = o + (size_t)hb * d;
     walk(
         v, Matrix::Values, kh, a0, a1,
-        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob); },
+        [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
           QuantRef m = headRef(v, v.layout.values, f, p, kh);
-          if (more) m.nextCodes = headRef(v, v.layout.values, f, p + 1, kh).codes;
+          if (more) m.setNext(headRef(v, v.layout.values, f, p + 1, kh));
           if (f.orientation == kFp16Rows) {
-            k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob);
+            k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob,
+                         (const uint16_t*)m.nextCodes);
           } else if (f.orientation == kRowGrouped) {
             k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
           } else {

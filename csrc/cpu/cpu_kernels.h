@@ -22,9 +22,17 @@ struct QuantRef {
   const uint8_t* codes;    // this head's code slice inside a page
   const uint16_t* scales;  // this head's scale slice
   const uint16_t* zeros;   // this head's zero slice, nullptr when the format has none (kSym)
-  // The same head's code slice in the page the caller visits next, when the visited range continues there (else
-  // nullptr): a prefetch hint only, so that a kernel can stream into the next page instead of stalling at its start.
+  // The same head's slices in the page the caller visits next, when the visited range continues there (else
+  // nullptr): prefetch hints only, so that a kernel streams into the next page instead of stalling at its start
+  // (each page starts a new stream for the codes, the scales and the zeros).
   const uint8_t* nextCodes = nullptr;
+  const uint16_t* nextScales = nullptr;
+  const uint16_t* nextZeros = nullptr;
+  void setNext(const QuantRef& n) {
+    nextCodes = n.codes;
+    nextScales = n.scales;
+    nextZeros = n.zeros;
+  }
 };
 
 // int8-quantized activations (the InnerQ integer path). Row h (query head h of the block) starts at
@@ -49,10 +57,13 @@ struct U8Set {
 
 struct Kernels {
   const char* name;
-  // fp16 rows: s[h*lds + i] = Σ_j q[h*d + j] * rows[i*ld + j], i in [0, n).
-  void (*scoresFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds);
-  // fp16 rows: out[h*d + j] += Σ_i p[h*ldp + i] * rows[i*ld + j].
-  void (*wsumFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out);
+  // fp16 rows: s[h*lds + i] = Σ_j q[h*d + j] * rows[i*ld + j], i in [0, n). next: where the caller's walk goes on
+  // (the same head's rows in the next page, same ld) or nullptr; a prefetch hint only, as QuantRef::nextCodes.
+  void (*scoresFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds,
+                     const uint16_t* next);
+  // fp16 rows: out[h*d + j] += Σ_i p[h*ldp + i] * rows[i*ld + j]. next: as for scoresFp16.
+  void (*wsumFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out,
+                   const uint16_t* next);
   // InnerQ keys (kRowGrouped), integer path: page slots [t0, t1); s[h*lds + (t - t0)].
   void (*scoresRowI8)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r,
                       float* s, size_t lds);

@@ -48,7 +48,7 @@ void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, 
   }
 }
 
-void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds) {
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds, const uint16_t*) {
   int h = 0;
   for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds);
   for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds);
@@ -88,7 +88,7 @@ void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, si
   }
 }
 
-void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out) {
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out, const uint16_t*) {
   int h = 0;
   for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
   for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);

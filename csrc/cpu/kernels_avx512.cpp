@@ -263,15 +263,19 @@ template <int BITS, bool ZEROS, int R, int D>
 void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   // Symmetric start values: lane (t, half) = -2^(b-1) * (sum of the 16 query codes that half sees), see keyTokens8.
+  // Half e of slice k is bytes 8j + 4e .. 8j + 4e + 3 (j < 4) of the slice: vpdpbusd with all-ones weights sums each
+  // dword of two slices at once, two in-lane adds fold the 4 qwords of each slice, and the slice's (half 0, half 1)
+  // qword is broadcast. Computed per call (once per page), so it must stay cheap next to the page's 256+ tokens.
   alignas(64) __m512i startS[ZEROS ? 1 : R * n];
   if (!ZEROS)
     for (int h = 0; h < R; h++)
-      for (int k = 0; k < n; k++) {
-        int half[2] = {0, 0};
-        for (int j = 0; j < 4; j++)
-          for (int i = 0; i < 8; i++) half[i / 4] += q.q[h * q.ldq + 32 * k + 8 * j + i];
-        const int64_t lo = (uint32_t)(-avxSymOffset(BITS) * half[0]), hi = (uint32_t)(-avxSymOffset(BITS) * half[1]);
-        startS[h * n + k] = _mm512_set1_epi64((int64_t)((uint64_t)hi << 32 | (uint64_t)lo));
+      for (int k = 0; k < n; k += 2) {
+        __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), _mm512_loadu_si512(q.q + h * q.ldq + 32 * k));
+        t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));        // qword pairs within 128 bits
+        t = _mm512_add_epi32(t, _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(2, 3, 0, 1)));  // 128-bit pairs within 256
+        t = _mm512_mullo_epi32(t, _mm512_set1_epi32(-avxSymOffset(BITS)));
+        startS[h * n + k] = _mm512_permutexvar_epi64(_mm512_setzero_si512(), t);
+        startS[h * n + k + 1] = _mm512_permutexvar_epi64(_mm512_set1_epi64(4), t);
       }
   KeySigmas ks;
   for (int h = 0; h < R; h++)
@@ -286,9 +290,19 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
     const uint8_t* rows = m.codes + (size_t)tb * ROW;
     // The hardware streamer follows one sequential stream well; a prefetch 2 steps ahead covers the gaps, and runs
     // on into the next page (m.nextCodes) at the end of this one, whose first rows would otherwise stall.
-    const uint8_t* ahead = tb + 16 < t1 ? rows + 16 * ROW : m.nextCodes ? m.nextCodes + (size_t)(tb + 16 - t1) * ROW : nullptr;
-    if (ahead)
-      for (int o = 0; o < 8 * ROW; o += 64) _mm_prefetch((const char*)(ahead + o), _MM_HINT_T0);
+    // The scales (and zeros) are streams of their own, 8 tokens = n * 16 bytes, prefetched the same distance ahead.
+    const bool inPage = tb + 16 < t1;
+    const size_t aheadRow = inPage ? (size_t)tb + 16 : (size_t)(tb + 16 - t1);
+    const uint8_t* ahead = inPage ? m.codes : m.nextCodes;
+    if (ahead) {
+      for (int o = 0; o < 8 * ROW; o += 64) _mm_prefetch((const char*)(ahead + aheadRow * ROW + o), _MM_HINT_T0);
+      const uint16_t* sa = inPage ? m.scales : m.nextScales;
+      for (int o = 0; o < 8 * n; o += 32) _mm_prefetch((const char*)(sa + aheadRow * n + o), _MM_HINT_T0);
+      if (ZEROS) {
+        const uint16_t* za = inPage ? m.zeros : m.nextZeros;
+        for (int o = 0; o < 8 * n; o += 32) _mm_prefetch((const char*)(za + aheadRow * n + o), _MM_HINT_T0);
+      }
+    }
     keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, q, startS, ks,
                                   s + (tb - t0), lds, 8);
   }
@@ -404,16 +418,26 @@ void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float
     // The next tile's codes (contiguous: token groups are d blocks apart), spread over this tile's chunk passes so
     // that DRAM sees one sequential stream although each pass reads a few cache lines per token group.
     // The last tile prefetches the first tile of the next page (m.nextCodes) when the caller goes on there.
-    size_t nextBytes = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) * bb : 0;
+    // The scales and zeros (2 bytes per group) are streams of their own and are prefetched alongside.
+    size_t nextGroups = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) : 0;
     const char* next = (const char*)(m.codes + (size_t)te * d * bb);
-    if (te == g1 && m.nextCodes) {
-      nextBytes = (size_t)kTile * d * bb;
+    const char* nextS = (const char*)(m.scales + (size_t)te * d);
+    const char* nextZ = ZEROS ? (const char*)(m.zeros + (size_t)te * d) : nullptr;
+    if (te == g1) {
+      nextGroups = m.nextCodes ? (size_t)kTile * d : 0;
       next = (const char*)m.nextCodes;
+      nextS = (const char*)m.nextScales;
+      nextZ = (const char*)m.nextZeros;
     }
-    const size_t perChunk = (nextBytes / chunks + 63) & ~(size_t)63;
+    const size_t nextBytes = nextGroups * bb, perChunk = (nextBytes / chunks + 63) & ~(size_t)63;
+    const size_t sBytes = nextGroups * 2, perChunkS = (sBytes / chunks + 63) & ~(size_t)63;
     for (int c = 0; c < chunks; c++) {
       const int j0 = 16 * c;
       for (size_t o = c * perChunk; o < (c + 1) * perChunk && o < nextBytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+      for (size_t o = c * perChunkS; o < (c + 1) * perChunkS && o < sBytes; o += 64) {
+        _mm_prefetch(nextS + o, _MM_HINT_T0);
+        if (ZEROS) _mm_prefetch(nextZ + o, _MM_HINT_T0);
+      }
       __m512 acc[R];
       for (int h = 0; h < R; h++) acc[h] = _mm512_load_ps(accMem + h * d + j0);
       for (int tg = tt; tg < te; tg++) {
@@ -486,17 +510,22 @@ inline __m256 hsum8x(const __m512* v) {
 
 // Scores: TB tokens x HB heads = 8 accumulators over the channels (d a multiple of 16), one reduction per 8 pairs.
 template <int HB>
-void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, float* s, size_t lds) {
+void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, float* s, size_t lds, const uint16_t* next) {
   constexpr int TB = 8 / HB;
   for (int i = 0; i < n; i += TB) {
     const uint16_t* rp[TB];
     for (int t = 0; t < TB; t++) rp[t] = rows + (size_t)(i + t < n ? i + t : n - 1) * ld;  // clamp the tail
     // Software prefetch kAhead rows ahead: the FMA work per byte is small enough that the DRAM latency between the
     // hardware streamer's requests would otherwise show.
+    // Near the end of the rows the prefetch runs on into `next` (the next page), whose first rows would otherwise
+    // stall: every page is a new stream for the hardware prefetcher.
     constexpr int kAhead = 24;
-    if (i + kAhead + TB <= n)
-      for (int t = 0; t < TB; t++)
-        for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(rows + (size_t)(i + kAhead + t) * ld + j), _MM_HINT_T0);
+    for (int t = 0; t < TB; t++) {
+      const int a = i + kAhead + t;
+      const uint16_t* pr = a < n ? rows + (size_t)a * ld : next ? next + (size_t)(a - n) * ld : nullptr;
+      if (pr)
+        for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(pr + j), _MM_HINT_T0);
+    }
     __m512 acc[8];
     for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
     for (int j = 0; j < d; j += 16) {
@@ -512,19 +541,19 @@ void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, 
   }
 }
 
-void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds) {
-  if (d % 16) return avx2Kernels().scoresFp16(rows, ld, n, d, q, r, s, lds);
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds, const uint16_t* next) {
+  if (d % 16) return avx2Kernels().scoresFp16(rows, ld, n, d, q, r, s, lds, next);
   int h = 0;
-  for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h + 2 <= r; h += 2) scoresFp16T<2>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+  for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h + 2 <= r; h += 2) scoresFp16T<2>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
 }
 
 // Weighted sum: as kernels_avx2.cpp's wsumFp16T (token tiles, two-level summation, next tile prefetched row by row
 // during the first channel pass), with CV vectors of 16 channels x HB heads of accumulators in registers.
 template <int HB, int CV>
-void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out) {
+void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out, const uint16_t* next) {
   constexpr int kTile = 64;
   for (int i0 = 0; i0 < n; i0 += kTile) {
     const int i1 = i0 + kTile < n ? i0 + kTile : n;
@@ -533,9 +562,13 @@ void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, si
       for (int h = 0; h < HB; h++)
         for (int c = 0; c < CV; c++) acc[h][c] = _mm512_setzero_ps();
       for (int i = i0; i < i1; i++) {
-        // during the first channel pass, row i's counterpart in the next tile (one row per row: a steady stream)
-        if (j == 0 && i + kTile < n)
-          for (int jj = 0; jj < d; jj += 32) _mm_prefetch((const char*)(rows + (size_t)(i + kTile) * ld + jj), _MM_HINT_T0);
+        // during the first channel pass, row i's counterpart in the next tile (one row per row: a steady stream),
+        // which after the last tile is the start of `next` (the next page)
+        if (j == 0) {
+          const uint16_t* pr = i + kTile < n ? rows + (size_t)(i + kTile) * ld : next ? next + (size_t)(i + kTile - n) * ld : nullptr;
+          if (pr)
+            for (int jj = 0; jj < d; jj += 32) _mm_prefetch((const char*)(pr + jj), _MM_HINT_T0);
+        }
         __m512 v[CV];
         for (int c = 0; c < CV; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rows + (size_t)i * ld + j + 16 * c)));
         for (int h = 0; h < HB; h++) {
@@ -550,13 +583,13 @@ void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, si
   }
 }
 
-void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out) {
-  if (d % 32) return avx2Kernels().wsumFp16(rows, ld, n, d, p, ldp, r, out);
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out, const uint16_t* next) {
+  if (d % 32) return avx2Kernels().wsumFp16(rows, ld, n, d, p, ldp, r, out, next);
   int h = 0;
-  for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h + 2 <= r; h += 2) wsumFp16T<2, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h < r; h++) wsumFp16T<1, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+  for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h + 2 <= r; h += 2) wsumFp16T<2, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h < r; h++) wsumFp16T<1, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -753,15 +786,58 @@ float softmaxExp(float* s, int n) {
   return (float)total;
 }
 
+// Lane j of the result = op-reduction of the 16 lanes of v[j]: a transposing tree (16 -> 8 -> 4 -> 2 -> 1 partial
+// lanes per input) of 15 combine steps, instead of 16 horizontal reductions of ~4 dependent shuffles each.
+template <class OP>
+inline __m512 reduceTranspose16(const __m512* v, OP op) {
+  __m512 z[8], w[4], u[2];
+  for (int i = 0; i < 8; i++)  // z[i] = [v[2i] folded to 8 lanes | v[2i+1] folded to 8 lanes]
+    z[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; i++)  // w[i]: 128-bit block b = input 4i + b folded to 4 lanes
+    w[i] = op(_mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+              _mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; i++)  // u[i]: block b = inputs 8i + b, 8i + 4 + b folded to 2 lanes each
+    u[i] = op(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+              _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  // lane 4b + i = input b + 4i; permute so that lane j = input j (input j sits at lane 4 * (j % 4) + j / 4)
+  const __m512 t = op(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
+}
+
 void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum) {
-  for (int k = 0; k < n / 32; k++) {
+  const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+  const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+  int k = 0;
+  // 16 slices at a time: their maxima and code sums come out of one transposing reduction each, as vectors
+  for (; k + 16 <= n / 32; k += 16) {
+    __m512 m[16];
+    for (int j = 0; j < 16; j++) m[j] = _mm512_max_ps(_mm512_loadu_ps(x + 32 * (k + j)), _mm512_loadu_ps(x + 32 * (k + j) + 16));
+    const __m512 mx = reduceTranspose16(m, vmax);
+    // below 1e-36 a slice counts as zero (see kernels_avx2.cpp's quantizeI8); divisions as the scalar path's
+    const __mmask16 ok = _mm512_cmp_ps_mask(mx, _mm512_set1_ps(1e-36f), _CMP_GT_OQ);
+    const __m512 sg = _mm512_maskz_div_ps(ok, mx, _mm512_set1_ps(255.0f));
+    const __m512 inv = _mm512_maskz_div_ps(ok, _mm512_set1_ps(255.0f), mx);
+    __m512 sums[16];
+    for (int j = 0; j < 16; j++) {
+      const __m512 iv = _mm512_permutexvar_ps(_mm512_set1_epi32(j), inv);
+      const float* xs = x + 32 * (k + j);
+      const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs), iv)), lo), hi);
+      const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + 16), iv)), lo), hi);
+      _mm_storeu_si128((__m128i*)(q + 32 * (k + j)), _mm512_cvtepi32_epi8(c0));
+      _mm_storeu_si128((__m128i*)(q + 32 * (k + j) + 16), _mm512_cvtepi32_epi8(c1));
+      sums[j] = _mm512_cvtepi32_ps(_mm512_add_epi32(c0, c1));  // integers <= 510: float sums stay exact
+    }
+    _mm512_storeu_ps(sigma + k, sg);
+    _mm512_storeu_ps(sigmaSum + k, _mm512_mul_ps(sg, reduceTranspose16(sums, vadd)));
+  }
+  for (; k < n / 32; k++) {
     const __m512 v0 = _mm512_loadu_ps(x + 32 * k), v1 = _mm512_loadu_ps(x + 32 * k + 16);
     const float m = _mm512_reduce_max_ps(_mm512_max_ps(v0, v1));
-    // below 1e-36 the slice counts as zero (see kernels_avx2.cpp's quantizeI8)
     const bool tiny = !(m > 1e-36f);
     const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
     const __m512 iv = _mm512_set1_ps(inv);
-    const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
     const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, iv)), lo), hi);
     const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, iv)), lo), hi);
     _mm_storeu_si128((__m128i*)(q + 32 * k), _mm512_cvtepi32_epi8(c0));

@@ -16,7 +16,7 @@ inline void groupParams(uint16_t scaleBits, const uint16_t* zeros, size_t idx, i
   bz = (scaleBits & 0x8000) ? halfBitsToFloat(zeros[idx]) : -a * (float)symOffset(bits);
 }
 
-void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds) {
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds, const uint16_t*) {
   float k[kMaxHeadDim];
   for (int i = 0; i < n; i++) {
     for (int j = 0; j < d; j++) k[j] = halfBitsToFloat(rows[i * ld + j]);
@@ -28,7 +28,7 @@ void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, i
   }
 }
 
-void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out) {
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out, const uint16_t*) {
   float v[kMaxHeadDim];
   for (int i = 0; i < n; i++) {
     for (int j = 0; j < d; j++) v[j] = halfBitsToFloat(rows[i * ld + j]);

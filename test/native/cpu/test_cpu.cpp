@@ -14,6 +14,8 @@
 //        where sigma_j is the 8-bit scale of the activation slice holding j (int8 query: max|x|/127; u8 softmax
 //        weights: max/255) (derivation in kernels_avx2.cpp /
 //        cpu_backend.h): sigma*qi_j - x_j is at most sigma/2 per element, the integer dot product is exact.
+//  - the activation quantizers (quantizeI8, quantizeU8) of every table are bit-identical to the portable ones
+//    (codes, sigma, sigmaSum), so the int8 bounds above describe every table;
 //  - attend: float paths relative 1e-5 as above; InnerQ: with B = max_t |score error bound|, softmax weights move
 //    by at most a factor e^{±2B}, so |o_j - o_ref_j| <= (e^{2B} - 1) Σ_t p_t |V_tj| + value int8 bound + 1e-5 Σ.
 // Outputs are poisoned with NaN before every call.
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "../../../csrc/cpu/cpu_backend.h"
+#include "../../../csrc/cpu/cpu_kernels.h"
 #include "../../../kernels/quantizer.cuh"
 
 using namespace innerq;
@@ -504,6 +507,51 @@ static void reportRealistic(Backend& b, const char* name, std::mt19937_64& rng) 
               simMax[3]);
 }
 
+// Every table's quantizeI8 / quantizeU8 against the portable one, bit for bit: lengths that exercise batched and
+// single-slice paths, with zero slices, tiny slices (below the 1e-36 cut), ties at .5 and a wide dynamic range.
+static void checkActivationQuantizers(const std::vector<const cpu::Kernels*>& tables, std::mt19937_64& rng) {
+  const cpu::Kernels& ref = cpu::portableKernels();
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int n : {32, 96, 480, 512, 544, 1024, 16 * 32 * 3 + 7 * 32}) {
+    for (int trial = 0; trial < 4; trial++) {
+      std::vector<float> x(n);
+      for (int k = 0; k < n / 32; k++) {
+        const int kind = (int)(rng() % 6);
+        const float scale = std::ldexp(1.0f, (int)(rng() % 60) - 40);
+        for (int e = 0; e < 32; e++) {
+          float v = u(rng) * scale;
+          if (kind == 0) v = 0.0f;
+          if (kind == 1) v = u(rng) * 1e-37f;
+          if (kind == 2) v = (float)(rng() % 511) * 0.5f;  // many exact halves
+          if (kind == 3 && e % 3 == 0) v = 0.0f;
+          x[k * 32 + e] = v;
+        }
+      }
+      std::vector<float> xs(x);  // signed copy for quantizeI8
+      for (auto& v : xs) v = rng() & 1 ? -v : v;
+      std::vector<uint8_t> qr(n), qt(n);
+      std::vector<int8_t> ir(n), it(n);
+      std::vector<float> sr(n / 32), st(n / 32), Sr(n / 32), St(n / 32);
+      for (const cpu::Kernels* k : tables) {
+        ref.quantizeU8(x.data(), n, qr.data(), sr.data(), Sr.data());
+        std::fill(qt.begin(), qt.end(), 0xAB);
+        std::fill(st.begin(), st.end(), NAN);
+        std::fill(St.begin(), St.end(), NAN);
+        k->quantizeU8(x.data(), n, qt.data(), st.data(), St.data());
+        CHECK(qt == qr && std::memcmp(st.data(), sr.data(), 4 * st.size()) == 0 && std::memcmp(St.data(), Sr.data(), 4 * St.size()) == 0,
+              "%s quantizeU8 differs from portable at n %d", k->name, n);
+        ref.quantizeI8(xs.data(), n, ir.data(), sr.data(), Sr.data());
+        std::fill(it.begin(), it.end(), (int8_t)0x55);
+        std::fill(st.begin(), st.end(), NAN);
+        std::fill(St.begin(), St.end(), NAN);
+        k->quantizeI8(xs.data(), n, it.data(), st.data(), St.data());
+        CHECK(it == ir && std::memcmp(st.data(), sr.data(), 4 * st.size()) == 0 && std::memcmp(St.data(), Sr.data(), 4 * St.size()) == 0,
+              "%s quantizeI8 differs from portable at n %d", k->name, n);
+      }
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   const unsigned long seed = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 12345;
   std::mt19937_64 rng(seed);
@@ -523,6 +571,14 @@ int main(int argc, char** argv) {
   std::printf("kernels:");
   for (Backend* b : tables) std::printf(" %s", cpuBackendKernels(*b));
   std::printf("\n");
+  {
+    std::vector<const cpu::Kernels*> direct;
+    if (feat.avx512vnni) direct.push_back(&cpu::avx512Kernels());
+    if (feat.avx2 && feat.fma && feat.f16c) direct.push_back(&cpu::avx2Kernels());
+    const int before = checks;
+    checkActivationQuantizers(direct, rng);
+    std::printf("activation quantizers: %zu table(s) bit-identical to portable, %d checks\n", direct.size(), checks - before);
+  }
   auto runAll = [&](const Config& cf, uint64_t configSeed, const char* label) {
     for (Backend* b : tables) {
       std::mt19937_64 r(configSeed);  // the same data for every table
