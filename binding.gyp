@@ -21,6 +21,7 @@
       "sources": [
         "csrc/binding/backends.cpp",
         "csrc/binding/cache_wrap.cpp",
+        "csrc/binding/finite_scan.cpp",
         "csrc/binding/module.cpp",
         "csrc/core/cache.cpp",
         "csrc/cpu/cpu_backend.cpp",

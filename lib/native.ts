@@ -51,6 +51,8 @@ export interface NativeInfo {
 }
 export interface NativeModule {
   nativeInfo(): NativeInfo;
+  /** Index of the first NaN/Inf (Float32Array) or of the first binary16 NaN/Inf (Uint16Array), or -1. */
+  firstNonFinite(values: Float32Array | Uint16Array): number;
   NativeCache: new (config: NativeConfig, backend: string, options: NativeBackendOptions) => NativeCacheInstance;
 }
 

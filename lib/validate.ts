@@ -1,6 +1,7 @@
 // validate.ts - argument validation for every public function. One message shape everywhere:
 //   Expected <what> for <name> but received <value> of type <type>
 // TypeError when the kind of value is wrong, RangeError when the kind is right but the value is not.
+import { native } from './native';
 
 /** A short, safe rendering of any value for an error message. */
 export function describeValue(value: unknown): string {
@@ -107,23 +108,30 @@ export function floatVector(value: unknown, name: string, length: number): Float
   return value;
 }
 
-/** NaN and Inf never enter the cache: they would poison a whole quantization group. */
+/** Below this many elements the JS loop is as fast as the native call. */
+const NATIVE_SCAN_MIN = 4096;
+
+/**
+ * NaN and Inf never enter the cache: they would poison a whole quantization group. Long vectors (prefill data, a
+ * step's probabilities) are scanned natively: the JS loop costs ~3 ns per element, more than the kernel it guards.
+ */
 export function finiteValues(value: Float32Array | Uint16Array, name: string): void {
+  const i = value.length >= NATIVE_SCAN_MIN ? native().firstNonFinite(value) : firstNonFiniteJs(value);
+  if (i < 0) return;
   if (value instanceof Float32Array) {
-    for (let i = 0; i < value.length; i++) {
-      const x = value[i];
-      if (!Number.isFinite(x)) {
-        throw new RangeError(`Expected finite values for ${name} but received ${x} at index ${i} of type number`);
-      }
-    }
-  } else {
-    for (let i = 0; i < value.length; i++) {
-      if ((value[i] & 0x7c00) === 0x7c00) {
-        const kind = value[i] & 0x3ff ? 'NaN' : 'Inf';
-        throw new RangeError(
-          `Expected finite fp16 values for ${name} but received ${kind} (0x${value[i].toString(16)}) at index ${i} of type number`,
-        );
-      }
-    }
+    throw new RangeError(`Expected finite values for ${name} but received ${value[i]} at index ${i} of type number`);
   }
+  const kind = value[i] & 0x3ff ? 'NaN' : 'Inf';
+  throw new RangeError(
+    `Expected finite fp16 values for ${name} but received ${kind} (0x${value[i].toString(16)}) at index ${i} of type number`,
+  );
+}
+
+function firstNonFiniteJs(value: Float32Array | Uint16Array): number {
+  if (value instanceof Float32Array) {
+    for (let i = 0; i < value.length; i++) if (!Number.isFinite(value[i])) return i;
+  } else {
+    for (let i = 0; i < value.length; i++) if ((value[i] & 0x7c00) === 0x7c00) return i;
+  }
+  return -1;
 }

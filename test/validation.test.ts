@@ -100,6 +100,33 @@ describe('KVCache methods', () => {
     expect(cache.length(0)).toBe(3);
   });
 
+  test('long vectors: the native finiteness scan reports the first NaN/Inf with its index', () => {
+    // prefill data of 64 tokens x 128 = 8192 elements: over the 4096 where the scan leaves JS; positions at the
+    // edges of its 1024-element blocks, the last element, two bad values (the first one wins), views with offsets
+    const n = 64 * row;
+    for (const at of [0, 1023, 1024, 4095, 5000, n - 1]) {
+      const k = new Float32Array(n).fill(0.25);
+      k[at] = at % 2 ? NaN : -Infinity;
+      if (at + 7 < n) k[at + 7] = Infinity;
+      expect(() => cache.prefill(1, k, new Float32Array(n))).toThrow(
+        new RangeError(`Expected finite values for keys but received ${k[at]} at index ${at} of type number`));
+      const h = new Uint16Array(n).fill(0x3c00);
+      h[at] = at % 2 ? 0x7e01 : 0xfc00;
+      expect(() => cache.prefill(1, new Uint16Array(n), h)).toThrow(
+        new RangeError(`Expected finite fp16 values for values but received ${at % 2 ? 'NaN' : 'Inf'} (0x${h[at].toString(16)}) at index ${at} of type number`));
+    }
+    const backing = new Float32Array(n + 3).fill(0.5);
+    backing[3 + 2000] = NaN;  // a view starting 3 elements into its buffer: index relative to the view
+    expect(() => cache.prefill(1, backing.subarray(3), new Float32Array(n))).toThrow(/received NaN at index 2000 of type number/);
+    const shared = new Float32Array(new SharedArrayBuffer(4 * n)).fill(0.5);
+    shared[n - 2] = -Infinity;
+    expect(() => cache.prefill(1, new Float32Array(n), shared)).toThrow(/received -Infinity at index 8190 of type number/);
+    expect(cache.length(1)).toBe(0);  // nothing reached the cache
+    cache.prefill(1, new Float32Array(n).fill(0.5), shared.fill(0.25));  // finite long inputs pass
+    expect(cache.length(1)).toBe(64);
+    cache.reset(1);
+  });
+
   test('attend', () => {
     const q = new Float32Array(base.qHeads * base.headDim).fill(0.1);
     expect(() => cache.attend(0, q)).toThrow(new RangeError('Expected a layer holding at least one token for layer but received 0 (empty) of type number'));

@@ -13,6 +13,8 @@ namespace innerq {
 namespace binding {
 
 Napi::Value NativeInfo(const Napi::CallbackInfo& info);
+// The index of the first NaN/Inf of a Float32Array or of a Uint16Array of binary16 bits, or -1 (finite_scan.cpp).
+Napi::Value FirstNonFinite(const Napi::CallbackInfo& info);
 
 // Shared between the JS object and in-flight async work, so dispose() during an attendAsync is safe:
 // the worker keeps the state alive and finds cache == nullptr if it runs after dispose.
