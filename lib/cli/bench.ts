@@ -29,9 +29,11 @@ export interface BenchParams {
   boundContext: number | null;
   /** context of the cache-resident rows (1 layer) */
   residentContext: number;
-  /** tinybench time budget per task, ms */
+  /** tinybench time budget per task, ms (over all rounds) */
   timeMs: number;
   minIterations: number;
+  /** interleaved timing rounds: every task runs in each round, with timeMs / rounds */
+  rounds: number;
   gemv: boolean;
   seed: number;
 }
@@ -199,23 +201,29 @@ async function loadTinybench(): Promise<TinyBench> {
   return tinybenchModule;
 }
 
+// The tasks are timed in p.rounds interleaved rounds (every task once per round, time / rounds each) and the
+// samples pooled: a shared machine has slow phases lasting seconds (neighbours' memory traffic, a busy core), and
+// one long block per task would let such a phase land on one method only, skewing the ratios of the same run.
 async function timeTasks(p: BenchParams, tasks: Array<{ name: string; fn: () => void }>): Promise<Map<string, Timing>> {
   const { Bench } = await loadTinybench();
-  const bench = new Bench({
-    time: p.timeMs,
-    iterations: p.minIterations,
-    warmupTime: p.quick ? 20 : 200,
-    warmupIterations: p.quick ? 1 : 2,
-    retainSamples: true,
-    throws: true,
-  });
-  for (const t of tasks) bench.add(t.name, t.fn);
-  await bench.run();
   const out = new Map<string, Timing>();
-  for (const t of bench.tasks) {
-    const r = t.result as { state: string; latency?: { samples?: number[] }; error?: Error };
-    if (r.state !== 'completed' || !r.latency?.samples) throw r.error ?? new Error(`benchmark task ${t.name} did not complete (${r.state})`);
-    out.set(t.name, { samples: Array.from(r.latency.samples) });
+  for (const t of tasks) out.set(t.name, { samples: [] });
+  for (let round = 0; round < p.rounds; round++) {
+    const bench = new Bench({
+      time: Math.max(1, Math.round(p.timeMs / p.rounds)),
+      iterations: Math.max(1, Math.ceil(p.minIterations / p.rounds)),
+      warmupTime: round > 0 ? 0 : p.quick ? 20 : 200,
+      warmupIterations: round > 0 ? 1 : p.quick ? 1 : 2,
+      retainSamples: true,
+      throws: true,
+    });
+    for (const t of tasks) bench.add(t.name, t.fn);
+    await bench.run();
+    for (const t of bench.tasks) {
+      const r = t.result as { state: string; latency?: { samples?: number[] }; error?: Error };
+      if (r.state !== 'completed' || !r.latency?.samples) throw r.error ?? new Error(`benchmark task ${t.name} did not complete (${r.state})`);
+      out.get(t.name)!.samples.push(...r.latency.samples);
+    }
   }
   return out;
 }

@@ -67,6 +67,7 @@ function benchCommand(): Command {
     .option('--resident-context <n>', 'context of the cache-resident 1-layer rows (default 2048)', positiveInt('--resident-context', 1 << 22))
     .option('--time <ms>', 'tinybench time budget per task (default 1000; --quick 300)', positiveInt('--time', 600000))
     .option('--min-iterations <n>', 'tinybench minimum iterations per task (default 5; --quick 3)', positiveInt('--min-iterations', 100000))
+    .option('--rounds <n>', 'interleaved timing rounds; each task gets --time / n per round (default 4; --quick 1)', positiveInt('--rounds', 100))
     .option('--no-gemv', 'skip the key-GEMV and value-GEMV rows')
     .option('--seed <n>', 'seed of the fill data and query (default 1)', positiveInt('--seed'));
   addOutputOptions(c);
@@ -91,6 +92,7 @@ function benchCommand(): Command {
       residentContext: o.residentContext ?? 2048,
       timeMs: o.time ?? (quick ? 300 : 1000),
       minIterations: o.minIterations ?? (quick ? 3 : 5),
+      rounds: o.rounds ?? (quick ? 1 : 4),
       gemv: o.gemv !== false,
       seed: o.seed ?? 1,
     };
