@@ -217,6 +217,7 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
       z0 = _mm512_cvtph_ps(_mm512_castsi512_si256(rz));
       z1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(rz, 1));
     }
+#pragma GCC unroll 2
     for (int bp = 0; bp < 2; bp++) {
       // lane t (< 8) <- float index 4t + 2bp of (f0 | f1), lane 8 + t <- 4t + 2bp + 1
       const __m512i ib = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29),
