@@ -6,6 +6,8 @@
 // to exceed 4x a 48 MiB L3, and every timed sweep visits all layers in turn (as a decode step does), so the
 // figures measure memory, not cache. Reported: median ms per layer over the sweeps, and effective GB/s = bytes of
 // the layer's K and/or V (codes, scales, zeros, fp16 windows) / time.
+// Pages of 256 tokens (KVCache's default) unless CPU_GEMV_PAGE=<tokens>; CPU_GEMV_LAYERS=1 gives a cache-resident
+// run; CPU_GEMV_ONLY=<name,...> limits the methods (fp16 always runs).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -60,15 +62,16 @@ int main(int argc, char** argv) {
   const int sweeps = argc > 3 ? std::atoi(argv[3]) : 15;
   const bool simd = argc > 4 ? std::atoi(argv[4]) != 0 : true;
   const int kvH = 8, r = 4, qH = kvH * r, d = 128, S = 32;
-  const int P = std::getenv("CPU_GEMV_PAGE") ? std::atoi(std::getenv("CPU_GEMV_PAGE")) : 1024;  // page tokens
+  // page tokens: KVCache's default pageTokens (256) unless CPU_GEMV_PAGE says otherwise
+  const int P = std::getenv("CPU_GEMV_PAGE") ? std::atoi(std::getenv("CPU_GEMV_PAGE")) : 256;
   const int quant = (T - S - 96) / 128 * 128;  // quantized tokens; the rest (>= 96) is the fp16 ring tail
   const int ringCap = ((T - S - quant) + 127) / 128 * 128;
   auto backend = makeCpuBackend(threads, simd);
   Backend& b = *backend;
   const CpuFeatures feat = cpuFeatures();
-  std::printf("cpu_gemv: tokens %d (sink %d, quantized %d, ring %d), kv heads %d x %d query heads, d %d, threads %d, "
-              "kernels %s (avx2 %d f16c %d)\n",
-              T, S, quant, T - S - quant, kvH, r, d, cpuBackendThreads(b), cpuBackendKernels(b), feat.avx2, feat.f16c);
+  std::printf("cpu_gemv: tokens %d (sink %d, quantized %d, ring %d), pages of %d tokens, kv heads %d x %d query heads, d %d, "
+              "threads %d, kernels %s (avx2 %d f16c %d)\n",
+              T, S, quant, T - S - quant, P, kvH, r, d, cpuBackendThreads(b), cpuBackendKernels(b), feat.avx2, feat.f16c);
 
   // random K, V rows (fp16), shared by every method
   std::mt19937_64 rng(7);
