@@ -102,7 +102,10 @@ describe('syntheticKV', () => {
     });
   });
 
-  test('sink tokens draw most of the attention mass; without them they do not', () => {
+  // The sinks' share depends on the seed's draw (over 3000 seeds: 0.16 .. 0.93, median 0.67, for 4 of 1024 tokens);
+  // without the boost it stays at their token share (max 0.016). The bounds below hold with a wide margin for every
+  // seed, where the former "most of the mass" (> 0.5) failed for some (seed 656122552: 0.38).
+  test('sink tokens draw far more than their share of the attention mass; without the boost they do not', () => {
     withSeed((seed) => {
       const mass = (boost?: number): number => {
         const g = syntheticKV({ tokens: 1024, kvHeads: 2, headDim: 64, seed, queries: 2, sinkLogitBoost: boost });
@@ -114,8 +117,10 @@ describe('syntheticKV', () => {
         }
         return m / (2 * g.qHeads);
       };
-      expect(mass()).toBeGreaterThan(0.5);
-      expect(mass(0)).toBeLessThan(0.2);
+      const withSinks = mass(), without = mass(0);
+      expect(withSinks).toBeGreaterThan(0.1);  // 25x the 4 sinks' token share of 1024
+      expect(without).toBeLessThan(0.05);
+      expect(withSinks).toBeGreaterThan(5 * without);
     });
   });
 
