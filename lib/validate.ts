@@ -108,15 +108,12 @@ export function floatVector(value: unknown, name: string, length: number): Float
   return value;
 }
 
-/** Below this many elements the JS loop is as fast as the native call. */
-const NATIVE_SCAN_MIN = 4096;
-
 /**
- * NaN and Inf never enter the cache: they would poison a whole quantization group. Long vectors (prefill data, a
- * step's probabilities) are scanned natively: the JS loop costs ~3 ns per element, more than the kernel it guards.
+ * NaN and Inf never enter the cache: they would poison a whole quantization group. The scan runs natively: a JS
+ * loop costs ~3 ns per element, more than the kernel it guards for a step's probabilities.
  */
 export function finiteValues(value: Float32Array | Uint16Array, name: string): void {
-  const i = value.length >= NATIVE_SCAN_MIN ? native().firstNonFinite(value) : firstNonFiniteJs(value);
+  const i = native().firstNonFinite(value);
   if (i < 0) return;
   if (value instanceof Float32Array) {
     throw new RangeError(`Expected finite values for ${name} but received ${value[i]} at index ${i} of type number`);
@@ -125,13 +122,4 @@ export function finiteValues(value: Float32Array | Uint16Array, name: string): v
   throw new RangeError(
     `Expected finite fp16 values for ${name} but received ${kind} (0x${value[i].toString(16)}) at index ${i} of type number`,
   );
-}
-
-function firstNonFiniteJs(value: Float32Array | Uint16Array): number {
-  if (value instanceof Float32Array) {
-    for (let i = 0; i < value.length; i++) if (!Number.isFinite(value[i])) return i;
-  } else {
-    for (let i = 0; i < value.length; i++) if ((value[i] & 0x7c00) === 0x7c00) return i;
-  }
-  return -1;
 }

@@ -101,7 +101,7 @@ describe('KVCache methods', () => {
   });
 
   test('long vectors: the native finiteness scan reports the first NaN/Inf with its index', () => {
-    // prefill data of 64 tokens x 128 = 8192 elements: over the 4096 where the scan leaves JS; positions at the
+    // prefill data of 64 tokens x 128 = 8192 elements (several of the native scan's blocks); positions at the
     // edges of its 1024-element blocks, the last element, two bad values (the first one wins), views with offsets
     const n = 64 * row;
     for (const at of [0, 1023, 1024, 4095, 5000, n - 1]) {

@@ -806,10 +806,19 @@ inline __m512 reduceTranspose16(const __m512* v, OP op) {
   return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
 }
 
+// One slice: codes round(x * inv) clamped to [0, 255] stored at q; returns the per-lane sums of the two code halves.
+inline __m512i quantizeSliceU8(const float* x, __m512 inv, uint8_t* q) {
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+  const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), lo), hi);
+  const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16), inv)), lo), hi);
+  _mm_storeu_si128((__m128i*)q, _mm512_cvtepi32_epi8(c0));
+  _mm_storeu_si128((__m128i*)(q + 16), _mm512_cvtepi32_epi8(c1));
+  return _mm512_add_epi32(c0, c1);
+}
+
 void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum) {
   const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
   const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
-  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
   int k = 0;
   // 16 slices at a time: their maxima and code sums come out of one transposing reduction each, as vectors
   for (; k + 16 <= n / 32; k += 16) {
@@ -821,30 +830,19 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
     const __m512 sg = _mm512_maskz_div_ps(ok, mx, _mm512_set1_ps(255.0f));
     const __m512 inv = _mm512_maskz_div_ps(ok, _mm512_set1_ps(255.0f), mx);
     __m512 sums[16];
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < 16; j++) {  // integer sums <= 510 per lane: their float sums stay exact
       const __m512 iv = _mm512_permutexvar_ps(_mm512_set1_epi32(j), inv);
-      const float* xs = x + 32 * (k + j);
-      const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs), iv)), lo), hi);
-      const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xs + 16), iv)), lo), hi);
-      _mm_storeu_si128((__m128i*)(q + 32 * (k + j)), _mm512_cvtepi32_epi8(c0));
-      _mm_storeu_si128((__m128i*)(q + 32 * (k + j) + 16), _mm512_cvtepi32_epi8(c1));
-      sums[j] = _mm512_cvtepi32_ps(_mm512_add_epi32(c0, c1));  // integers <= 510: float sums stay exact
+      sums[j] = _mm512_cvtepi32_ps(quantizeSliceU8(x + 32 * (k + j), iv, q + 32 * (k + j)));
     }
     _mm512_storeu_ps(sigma + k, sg);
     _mm512_storeu_ps(sigmaSum + k, _mm512_mul_ps(sg, reduceTranspose16(sums, vadd)));
   }
   for (; k < n / 32; k++) {
-    const __m512 v0 = _mm512_loadu_ps(x + 32 * k), v1 = _mm512_loadu_ps(x + 32 * k + 16);
-    const float m = _mm512_reduce_max_ps(_mm512_max_ps(v0, v1));
+    const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_loadu_ps(x + 32 * k), _mm512_loadu_ps(x + 32 * k + 16)));
     const bool tiny = !(m > 1e-36f);
     const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
-    const __m512 iv = _mm512_set1_ps(inv);
-    const __m512i c0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, iv)), lo), hi);
-    const __m512i c1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, iv)), lo), hi);
-    _mm_storeu_si128((__m128i*)(q + 32 * k), _mm512_cvtepi32_epi8(c0));
-    _mm_storeu_si128((__m128i*)(q + 32 * k + 16), _mm512_cvtepi32_epi8(c1));
     sigma[k] = sg;
-    sigmaSum[k] = sg * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+    sigmaSum[k] = sg * (float)_mm512_reduce_add_epi32(quantizeSliceU8(x + 32 * k, _mm512_set1_ps(inv), q + 32 * k));
   }
 }
 
