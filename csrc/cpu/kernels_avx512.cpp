@@ -6,19 +6,10 @@
 //
 // Why these kernels are faster than the AVX2 ones: vpdpbusd multiplies 64 u8 x s8 byte pairs and adds each group of
 // four products into a 32-bit lane in ONE instruction, where AVX2 needs maddubs + add + madd (and an hadd tree to
-// bring per-block sums into lanes). The kernels are laid out so that no horizontal reduction happens per block:
-//
-//   lane layout "(row, half)": a zmm holds 16 int32 lanes = 8 rows x 2 halves. Row = token (keys) or channel (values).
-//   For one 32-code block per row, four code vectors c_j (j = 0..3) hold, in bytes 8*row + i (i = 0..7), the code
-//   of element 8j + i of that row's block. With an activation vector whose qword is x[8j .. 8j+7] in every row,
-//   vpdpbusd adds x[8j+4h .. 8j+4h+3] . codes into lane (row, h): after j = 0..3, lane (row, 0) + lane (row, 1) is
-//   the block's full dot product. The two halves are only added at the very end (once per 8 rows), because the
-//   per-block float work is linear and the halves share the block's parameters: each half is scaled, and the
-//   zero-point term (bz * sigmaSum, once per row) goes into the half-0 lane only.
-//
-// The block format makes c_j cheap: 2-bit byte i holds u[8j+i] in bits 2j..2j+1 (shift + mask), the 3-bit high plane
-// is one bit per element (vpshufbitqmb picks bit 8j+i of the row's plane straight into a byte mask, then a masked add
-// of 4), and 4-bit byte i holds u[i] | u[i+16] << 4 (nibble masks on qword 0 and 1 of the block).
+// bring per-block sums into lanes). Both InnerQ kernels give each 32-bit lane one whole block (32 codes) of one row
+// (keys: lane = (block of a pair, token); values: lane = channel), so a block's integer dot product is 8 vpdpbusd
+// into one lane and no horizontal reduction happens per block; the float work (scale, zero point) runs once per
+// block on 16 distinct lanes. Each kernel's section derives how its code vectors come out of the block format.
 
 // GCC 12's avx512fintrin.h builds its merge sources from self-initialised `__Y = __Y` temporaries, which -Wextra's
 // -Wmaybe-uninitialized reports at every inlined intrinsic; the values are never read (the masks are all-ones).
@@ -36,79 +27,73 @@ namespace innerq {
 namespace cpu {
 namespace {
 
-inline __m512i bcastQword(const void* p) {
-  int64_t w;
-  std::memcpy(&w, p, 8);
-  return _mm512_set1_epi64(w);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Code vectors for 8 rows of one block each. BlockSource<BITS> turns the raw bytes into c[0..3] (see top).
-//
-// 3-bit: the high plane of row r sits in the low dword of qword r of H; selector byte (r, i) of kPlaneSel[j] is
-// 8j + i, so vpshufbitqmb returns bit 8j+i of row r's plane, i.e. bit 2 of the code in byte (r, i) of c[j].
-inline void addHighPlane(__m512i H, __m512i c[4]) {
-  const __m512i four = _mm512_set1_epi8(4);
-  for (int j = 0; j < 4; j++) {
-    const __m512i sel = _mm512_add_epi8(_mm512_set1_epi64(0x0706050403020100LL), _mm512_set1_epi8((char)(8 * j)));
-    const __mmask64 k = _mm512_bitshuffle_epi64_mask(H, sel);
-    c[j] = _mm512_mask_add_epi8(c[j], k, c[j], four);
-  }
-}
-
-// lo: qword r = the 2-bit plane (8 bytes) of row r's block.
-inline void splitTwoBit(__m512i lo, __m512i c[4]) {
-  const __m512i m3 = _mm512_set1_epi8(3);
-  c[0] = _mm512_and_si512(lo, m3);
-  c[1] = _mm512_and_si512(_mm512_srli_epi64(lo, 2), m3);
-  c[2] = _mm512_and_si512(_mm512_srli_epi64(lo, 4), m3);
-  c[3] = _mm512_and_si512(_mm512_srli_epi64(lo, 6), m3);
-}
-
-// q0 / q1: qword r = bytes 0..7 / 8..15 of row r's 4-bit block (low nibbles: elements 0..15, high: 16..31).
-inline void splitFourBit(__m512i q0, __m512i q1, __m512i c[4]) {
-  const __m512i m15 = _mm512_set1_epi8(15);
-  c[0] = _mm512_and_si512(q0, m15);
-  c[1] = _mm512_and_si512(q1, m15);
-  c[2] = _mm512_and_si512(_mm512_srli_epi64(q0, 4), m15);
-  c[3] = _mm512_and_si512(_mm512_srli_epi64(q1, 4), m15);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // InnerQ keys (kRowGrouped, G = 32, d = 128 or 256): 8 tokens per step, one 128-channel chunk (4 blocks) at a
-// time. The token rows are transposed in registers so that each block b gives a "(token, half)" vector.
+// time, its blocks in pairs (2bp, 2bp+1). Lane 8p + t (p = 0, 1; t = 0..7) accumulates the whole dot product of
+// token t's block 2bp + p: code vector g (g = 0..7) holds in that lane's 4 bytes the codes of the block's elements
+// 4g .. 4g+3, and query vector g holds the query's elements 4g .. 4g+3 of slice 2bp + p in the same lane, so
+// vpdpbusd over g = 0..7 is the block's integer dot product with no horizontal step (an earlier layout gave each
+// token two half-block lanes and paid two permutes and an add per head and block pair to join them). The query
+// vectors depend on the head and the block pair only: they are built once per call (KeyQuery) and are vpdpbusd's
+// memory operand.
+//
+// Code vector g from the block format, with W_e = dword e of every lane's block:
+//   2-bit (8 bytes): byte i of dword e holds u[8j + 4e + i] in bits 2j..2j+1, so g = 2j + e is (W_e >> 2j) & 3.
+//   3-bit: that 2-bit plane, plus a 32-bit high plane (bit i = bit 2 of u[i]): vpshufbitqmb picks bit 4g + i of
+//          the lane's plane into a byte mask, and a masked add of 4 completes the codes.
+//   4-bit (16 bytes): byte i holds u[i] | u[i+16] << 4, so W_e (e = 0..3) gives g = e (low nibbles) and
+//          g = 4 + e (high nibbles).
+// Getting W_e is a transpose of the 8 token rows by two-source permutes (shuffle port; vpdpbusd runs on the other).
 template <int BITS>
 struct KeyChunk;
 
-// 2-bit: a chunk row is 32 bytes (4 qwords = blocks 0..3); transpose 8 x 4 qwords with 8 two-source permutes.
+// The last transpose step of every width: lane 8p + t <- dword 4t + 2p + e of (lo, hi), where lo holds tokens 0..3
+// and hi tokens 4..7 as dwords 4(t % 4) + 2p + e (index 16 + 4(t - 4) + ... = 4t + ... for t >= 4).
+inline __m512i lanesByPairToken(__m512i lo, __m512i hi, int e) {
+  const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 2, 6, 10, 14, 18, 22, 26, 30),
+                                       _mm512_set1_epi32(e));
+  return _mm512_permutex2var_epi32(lo, idx, hi);
+}
+
+// 2-bit: a chunk row is 32 bytes = 8 dwords (block b = dwords 2b, 2b+1).
 template <>
 struct KeyChunk<2> {
-  __m512i Z[4];  // Z[b]: qword r = block b of row r
+  __m512i A[2], B[2];  // pair bp: tokens 0..3 (A) / 4..7 (B); dword 4(t % 4) + 2p + e = dword e of (t, block 2bp+p)
   template <int ROW>
-  void load(const uint8_t* row) {  // row i at row + i*ROW
-    __m512i L[4];
+  void load(const uint8_t* row) {  // token t's chunk at row + t*ROW
+    __m512i L[4];                  // L[i]: tokens 2i, 2i+1 in dwords 0..7, 8..15
     for (int i = 0; i < 4; i++)
       L[i] = ROW == 32 ? _mm512_loadu_si512(row + 64 * i)  // d = 128: two rows are 64 contiguous bytes
                        : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(row + 2 * i * ROW))),
                                             _mm256_loadu_si256((const __m256i*)(row + (2 * i + 1) * ROW)), 1);
-    // X: blocks 0,1 of rows 0..3 (then 4..7); Y: blocks 2,3
-    const __m512i i01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13), i23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i X0 = _mm512_permutex2var_epi64(L[0], i01, L[1]), Y0 = _mm512_permutex2var_epi64(L[0], i23, L[1]);
-    const __m512i X1 = _mm512_permutex2var_epi64(L[2], i01, L[3]), Y1 = _mm512_permutex2var_epi64(L[2], i23, L[3]);
-    Z[0] = _mm512_shuffle_i64x2(X0, X1, 0x44);  // 128-bit lanes (X0:0,1 | X1:0,1) = block 0, rows 0..7
-    Z[1] = _mm512_shuffle_i64x2(X0, X1, 0xEE);
-    Z[2] = _mm512_shuffle_i64x2(Y0, Y1, 0x44);
-    Z[3] = _mm512_shuffle_i64x2(Y0, Y1, 0xEE);
+    fromTokenPairs(L);
   }
-  void block(int b, __m512i c[4]) const { splitTwoBit(Z[b], c); }
+  // Token t, block b, dword e is index 16(t/2 % 2) + 8(t % 2) + 2b + e of (L[0], L[1]) (t < 4) or (L[2], L[3]):
+  // output dword k = 4(t % 4) + 2p + e of pair bp takes 8(k / 4) + 4bp + k % 4.
+  void fromTokenPairs(const __m512i L[4]) {
+    for (int bp = 0; bp < 2; bp++) {
+      const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27),
+                                           _mm512_set1_epi32(4 * bp));
+      A[bp] = _mm512_permutex2var_epi32(L[0], idx, L[1]);
+      B[bp] = _mm512_permutex2var_epi32(L[2], idx, L[3]);
+    }
+  }
+  void pair(int bp, __m512i c[8]) const {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    for (int e = 0; e < 2; e++) {
+      const __m512i W = lanesByPairToken(A[bp], B[bp], e);
+      c[e] = _mm512_and_si512(W, m3);
+      for (int j = 1; j < 4; j++) c[2 * j + e] = _mm512_and_si512(_mm512_srli_epi32(W, 2 * j), m3);
+    }
+  }
 };
 
 // 3-bit: a chunk row is 48 bytes = 12 dwords; block b = dwords 3b, 3b+1 (2-bit plane) and 3b+2 (high plane).
-// Per row pair one permute gathers the 2-bit planes into the 2-bit chunk layout; the high planes take 4 + 2 + 4.
+// Per token pair one permute gathers the 2-bit planes into the 2-bit chunk layout, one more the high planes.
 template <>
 struct KeyChunk<3> {
   KeyChunk<2> lo;
-  __m512i Q[2];  // Q[0]: high planes of rows 0..3 (row-major, 4 blocks each), Q[1]: rows 4..7
+  __m512i Q[2];  // Q[0]: high planes of tokens 0..3 as dwords 4t + b, Q[1]: tokens 4..7
   template <int ROW>
   void load(const uint8_t* row) {
     __m512i R[8];
@@ -117,59 +102,59 @@ struct KeyChunk<3> {
     const __m512i hiIdx = _mm512_setr_epi32(2, 5, 8, 11, 18, 21, 24, 27, 2, 5, 8, 11, 18, 21, 24, 27);
     __m512i L[4], Hp[4];
     for (int i = 0; i < 4; i++) {
-      L[i] = _mm512_permutex2var_epi32(R[2 * i], loIdx, R[2 * i + 1]);   // rows 2i, 2i+1: blocks 0..3 as qwords
-      Hp[i] = _mm512_permutex2var_epi32(R[2 * i], hiIdx, R[2 * i + 1]);  // dwords 0..7: planes of rows 2i, 2i+1
+      L[i] = _mm512_permutex2var_epi32(R[2 * i], loIdx, R[2 * i + 1]);   // tokens 2i, 2i+1: 2-bit planes as 2-bit rows
+      Hp[i] = _mm512_permutex2var_epi32(R[2 * i], hiIdx, R[2 * i + 1]);  // dwords 0..7: high planes of tokens 2i, 2i+1
     }
-    const __m512i i01 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13), i23 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i X0 = _mm512_permutex2var_epi64(L[0], i01, L[1]), Y0 = _mm512_permutex2var_epi64(L[0], i23, L[1]);
-    const __m512i X1 = _mm512_permutex2var_epi64(L[2], i01, L[3]), Y1 = _mm512_permutex2var_epi64(L[2], i23, L[3]);
-    lo.Z[0] = _mm512_shuffle_i64x2(X0, X1, 0x44);
-    lo.Z[1] = _mm512_shuffle_i64x2(X0, X1, 0xEE);
-    lo.Z[2] = _mm512_shuffle_i64x2(Y0, Y1, 0x44);
-    lo.Z[3] = _mm512_shuffle_i64x2(Y0, Y1, 0xEE);
+    lo.fromTokenPairs(L);
     const __m512i iq = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
     Q[0] = _mm512_permutex2var_epi32(Hp[0], iq, Hp[1]);
     Q[1] = _mm512_permutex2var_epi32(Hp[2], iq, Hp[3]);
   }
-  void block(int b, __m512i c[4]) const {
-    lo.block(b, c);
-    // dword 2r of H = plane of (row r, block b): rows 0..3 from Q[0] (index 4r + b), rows 4..7 from Q[1] (16 + ...)
-    const __m512i ih = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28),
-                                        _mm512_set1_epi32(b));
-    addHighPlane(_mm512_permutex2var_epi32(Q[0], ih, Q[1]), c);
+  void pair(int bp, __m512i c[8]) const {
+    lo.pair(bp, c);
+    // lane 8p + t <- plane of (t, block 2bp + p) = dword 4t + 2bp + p of (Q[0], Q[1])
+    const __m512i H = _mm512_permutex2var_epi32(
+        Q[0], _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29), _mm512_set1_epi32(2 * bp)),
+        Q[1]);
+    // vpshufbitqmb addresses bits within a qword = lanes (2k, 2k + 1): byte i of the low lane takes bit 4g + i, byte i
+    // of the high lane bit 32 + 4g + i. Selector bytes (0, 1, 2, 3, 32, 33, 34, 35) + 4g.
+    const __m512i four = _mm512_set1_epi8(4);
+    for (int g = 0; g < 8; g++) {
+      const __mmask64 k = _mm512_bitshuffle_epi64_mask(H, _mm512_set1_epi64(0x2322212003020100LL + g * 0x0404040404040404LL));
+      c[g] = _mm512_mask_add_epi8(c[g], k, c[g], four);
+    }
   }
 };
 
-// 4-bit: a chunk row is 64 bytes = 8 qwords (block b = qwords 2b, 2b+1): a full 8 x 8 qword transpose.
+// 4-bit: a chunk row is 64 bytes = 16 dwords (block b = dwords 4b .. 4b+3); three permute levels per block pair.
 template <>
 struct KeyChunk<4> {
-  __m512i C[8];  // C[k] = qword k of rows 0..7
+  __m512i R[8];  // token rows
   template <int ROW>
   void load(const uint8_t* row) {
-    __m512i R[8], T[8], U[8];
     for (int i = 0; i < 8; i++) R[i] = _mm512_loadu_si512(row + i * ROW);
-    for (int i = 0; i < 4; i++) {  // T[2i]: even qwords of rows 2i, 2i+1 interleaved; T[2i+1]: odd qwords
-      T[2 * i] = _mm512_unpacklo_epi64(R[2 * i], R[2 * i + 1]);
-      T[2 * i + 1] = _mm512_unpackhi_epi64(R[2 * i], R[2 * i + 1]);
-    }
-    // U: 128-bit lanes regrouped: U[0] = qwords {0, 4} of rows 0..3, U[1] = {2, 6}, U[2] = {1, 5}, U[3] = {3, 7};
-    // U[4..7] the same for rows 4..7.
-    for (int h = 0; h < 2; h++) {
-      U[4 * h + 0] = _mm512_shuffle_i64x2(T[4 * h], T[4 * h + 2], 0x88);
-      U[4 * h + 1] = _mm512_shuffle_i64x2(T[4 * h], T[4 * h + 2], 0xDD);
-      U[4 * h + 2] = _mm512_shuffle_i64x2(T[4 * h + 1], T[4 * h + 3], 0x88);
-      U[4 * h + 3] = _mm512_shuffle_i64x2(T[4 * h + 1], T[4 * h + 3], 0xDD);
-    }
-    C[0] = _mm512_shuffle_i64x2(U[0], U[4], 0x88);
-    C[4] = _mm512_shuffle_i64x2(U[0], U[4], 0xDD);
-    C[2] = _mm512_shuffle_i64x2(U[1], U[5], 0x88);
-    C[6] = _mm512_shuffle_i64x2(U[1], U[5], 0xDD);
-    C[1] = _mm512_shuffle_i64x2(U[2], U[6], 0x88);
-    C[5] = _mm512_shuffle_i64x2(U[2], U[6], 0xDD);
-    C[3] = _mm512_shuffle_i64x2(U[3], U[7], 0x88);
-    C[7] = _mm512_shuffle_i64x2(U[3], U[7], 0xDD);
   }
-  void block(int b, __m512i c[4]) const { splitFourBit(C[2 * b], C[2 * b + 1], c); }
+  void pair(int bp, __m512i c[8]) const {
+    // P[i]: tokens 2i + s (s = 0, 1), dword 8s + 4p + e = dword e of (token, block 2bp + p)
+    const __m512i i1 = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                                        _mm512_set1_epi32(8 * bp));
+    __m512i P[4];
+    for (int i = 0; i < 4; i++) P[i] = _mm512_permutex2var_epi32(R[2 * i], i1, R[2 * i + 1]);
+    const __m512i m15 = _mm512_set1_epi8(15);
+    for (int x = 0; x < 2; x++) {
+      // M[j]: tokens 4j + u (u = 0..3), dword 4u + 2p + e' = dword 2x + e' of (token, block 2bp + p); token 4j + u
+      // is in P[2j + u/2] at 8(u % 2) + 4p + 2x + e'
+      const __m512i i2 = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+                                          _mm512_set1_epi32(2 * x));
+      const __m512i M0 = _mm512_permutex2var_epi32(P[0], i2, P[1]), M1 = _mm512_permutex2var_epi32(P[2], i2, P[3]);
+      for (int ep = 0; ep < 2; ep++) {
+        const int e = 2 * x + ep;
+        const __m512i W = lanesByPairToken(M0, M1, ep);
+        c[e] = _mm512_and_si512(W, m15);
+        c[4 + e] = _mm512_and_si512(_mm512_srli_epi32(W, 4), m15);
+      }
+    }
+  }
 };
 
 inline __m256 sumHalves(__m512 v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
@@ -182,29 +167,55 @@ inline __m512i chunkHalves(const uint16_t* sc, int n, int ch) {
   return _mm512_permutex2var_epi64(A, _mm512_add_epi64(_mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_set1_epi64(ch)), B);
 }
 
-// Per (head, block pair) float constants of one call: the activation scales sigma (and sigma * sum) of blocks
-// 2p and 2p+1 in lanes 0..7 and 8..15, matching the combined lane layout of keyTokens8.
-struct KeySigmas {
-  __m512 sigma[kMaxHeadBlock * kMaxHeadDim / 64], sigmaSum[kMaxHeadBlock * kMaxHeadDim / 64];
+// Per (head, block pair) constants of one call, in the lane layout of keyTokens8 (lanes 0..7: block 2p, 8..15:
+// block 2p+1): the query vectors, the activation scales sigma and sigma * sum, and for symmetric-only matrices the
+// integer start values.
+struct KeyQuery {
+  static constexpr int kPairs = kMaxHeadBlock * kMaxHeadDim / 64;
+  __m512i qv[kPairs * 8];  // [head][pair][g]
+  __m512 sigma[kPairs], sigmaSum[kPairs];
+  __m512i start[kPairs];
+
+  // Symmetric start values: lane 8p + t = -2^(b-1) * (sum of the 32 query codes of slice 2pi + p), so that the
+  // integer sum D - 2^(b-1) * S of a symmetric block needs no float work (see keyTokens8).
+  template <bool ZEROS, int R, int D>
+  void build(const I8Set& q, int symOffset) {
+    constexpr int pairs = D / 64;
+    for (int h = 0; h < R; h++)
+      for (int pi = 0; pi < pairs; pi++) {
+        const int k = h * pairs + pi;
+        const __m512i X = _mm512_loadu_si512(q.q + h * q.ldq + 64 * pi);  // slices 2pi, 2pi+1 (32 codes each)
+        for (int g = 0; g < 8; g++)
+          qv[8 * k + g] = _mm512_permutexvar_epi32(
+              _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8), _mm512_set1_epi32(g)), X);
+        const float* sg = q.sigma + h * q.lds + 2 * pi;
+        const float* sS = q.sigmaSum + h * q.lds + 2 * pi;
+        sigma[k] = _mm512_insertf32x8(_mm512_set1_ps(sg[0]), _mm256_set1_ps(sg[1]), 1);
+        sigmaSum[k] = _mm512_insertf32x8(_mm512_set1_ps(sS[0]), _mm256_set1_ps(sS[1]), 1);
+        if (!ZEROS) {  // dword sums by vpdpbusd with all-ones weights, then within each 8-dword half
+          __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), X);
+          t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_CDAB));
+          t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));
+          t = _mm512_add_epi32(t, _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(2, 3, 0, 1)));
+          start[k] = _mm512_mullo_epi32(t, _mm512_set1_epi32(-symOffset));
+        }
+      }
+  }
 };
 
 // Scores for 8 tokens whose code rows and binary16 scales/zeros are given: s[h*lds + i] for i < cnt.
 // The group parameters are per (token, block): a = |scale|; for groups with a zero point bz = zero (asymmetric) or
 // -a*2^(b-1) (symmetric), and score += a*sigma*D + bz*sigmaSum. Symmetric-only matrices (ZEROS = false) fold the
-// offset into the integer sum instead: D - 2^(b-1) * S is exact, where S (the sum of the query slice's codes per
-// half) is the accumulator's start value. Blocks go in pairs: the halves of both blocks' dot products are added
-// in integers by two permutes into one vector (lanes 0..7: tokens of block 2p, 8..15: of block 2p+1), so the float
-// work (convert, scale, accumulate) runs once per block pair and head - it, with vpdpbusd, is what occupies the
-// vector ALU port (the permutes run on another one).
+// offset into the integer sum instead: D - 2^(b-1) * S is exact, where S (the sum of the query slice's codes) is
+// the accumulator's start value. The float work (convert, scale, accumulate) runs once per block pair and head on
+// 16 lanes; the two blocks' lanes are added once per 8 tokens at the end.
 template <int BITS, bool ZEROS, int R, int D>
-inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const I8Set& q,
-                       const __m512i* startS, const KeySigmas& ks, float* s, size_t lds, int cnt) {
-  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
+inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const KeyQuery& kq, float* s,
+                       size_t lds, int cnt) {
+  constexpr int n = D / 32, pairs = D / 64, ROW = n * avxBlockBytes(BITS);
   __m512 acc[R];
   for (int h = 0; h < R; h++) acc[h] = _mm512_setzero_ps();
   const float off = (float)avxSymOffset(BITS);
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   for (int ch = 0; ch < D / 128; ch++) {
     KeyChunk<BITS> chunk;
     chunk.template load<ROW>(rows + ch * 4 * avxBlockBytes(BITS));
@@ -229,27 +240,21 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
         const __mmask16 asym = _mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u));
         bz = _mm512_mask_blend_ps(asym, _mm512_mul_ps(a, _mm512_set1_ps(-off)), _mm512_permutex2var_ps(z0, ib, z1));
       }
-      __m512i c0[4], c1[4];
-      chunk.block(2 * bp, c0);
-      chunk.block(2 * bp + 1, c1);
-      const int k0 = 4 * ch + 2 * bp, pairIdx = k0 / 2;  // first block (= group) index of the pair in the row
+      __m512i c[8];
+      chunk.pair(bp, c);
+      const int pi = 2 * ch + bp;  // block pair index in the row
       for (int h = 0; h < R; h++) {
-        const int8_t* qk = q.q + h * q.ldq + 32 * k0;
-        __m512i D0 = ZEROS ? _mm512_setzero_si512() : startS[h * n + k0];
-        __m512i D1 = ZEROS ? _mm512_setzero_si512() : startS[h * n + k0 + 1];
-        for (int j = 0; j < 4; j++) {
-          D0 = _mm512_dpbusd_epi32(D0, c0[j], bcastQword(qk + 8 * j));
-          D1 = _mm512_dpbusd_epi32(D1, c1[j], bcastQword(qk + 32 + 8 * j));
-        }
-        const __m512i Dp = _mm512_add_epi32(_mm512_permutex2var_epi32(D0, even, D1), _mm512_permutex2var_epi32(D0, odd, D1));
-        const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dp), ks.sigma[h * (n / 2) + pairIdx]);
+        const __m512i* qv = kq.qv + 8 * (h * pairs + pi);
+        __m512i Dv = ZEROS ? _mm512_setzero_si512() : kq.start[h * pairs + pi];
+        for (int g = 0; g < 8; g++) Dv = _mm512_dpbusd_epi32(Dv, c[g], qv[g]);
+        const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dv), kq.sigma[h * pairs + pi]);
         acc[h] = _mm512_fmadd_ps(x, a, acc[h]);
-        if (ZEROS) acc[h] = _mm512_fmadd_ps(bz, ks.sigmaSum[h * (n / 2) + pairIdx], acc[h]);
+        if (ZEROS) acc[h] = _mm512_fmadd_ps(bz, kq.sigmaSum[h * pairs + pi], acc[h]);
       }
     }
   }
   for (int h = 0; h < R; h++) {
-    const __m256 v = sumHalves(acc[h]);  // token t: block-pair sums of the even and the odd blocks
+    const __m256 v = sumHalves(acc[h]);  // token t: the sums over the even and the odd blocks
     if (cnt == 8) {
       _mm256_storeu_ps(s + h * lds, v);
     } else {
@@ -263,29 +268,9 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
 template <int BITS, bool ZEROS, int R, int D>
 void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
-  // Symmetric start values: lane (t, half) = -2^(b-1) * (sum of the 16 query codes that half sees), see keyTokens8.
-  // Half e of slice k is bytes 8j + 4e .. 8j + 4e + 3 (j < 4) of the slice: vpdpbusd with all-ones weights sums each
-  // dword of two slices at once, two in-lane adds fold the 4 qwords of each slice, and the slice's (half 0, half 1)
-  // qword is broadcast. Computed per call (once per page), so it must stay cheap next to the page's 256+ tokens.
-  alignas(64) __m512i startS[ZEROS ? 1 : R * n];
-  if (!ZEROS)
-    for (int h = 0; h < R; h++)
-      for (int k = 0; k < n; k += 2) {
-        __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), _mm512_loadu_si512(q.q + h * q.ldq + 32 * k));
-        t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));        // qword pairs within 128 bits
-        t = _mm512_add_epi32(t, _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(2, 3, 0, 1)));  // 128-bit pairs within 256
-        t = _mm512_mullo_epi32(t, _mm512_set1_epi32(-avxSymOffset(BITS)));
-        startS[h * n + k] = _mm512_permutexvar_epi64(_mm512_setzero_si512(), t);
-        startS[h * n + k + 1] = _mm512_permutexvar_epi64(_mm512_set1_epi64(4), t);
-      }
-  KeySigmas ks;
-  for (int h = 0; h < R; h++)
-    for (int pi = 0; pi < n / 2; pi++) {
-      const float* sg = q.sigma + h * q.lds + 2 * pi;
-      const float* sS = q.sigmaSum + h * q.lds + 2 * pi;
-      ks.sigma[h * (n / 2) + pi] = _mm512_insertf32x8(_mm512_set1_ps(sg[0]), _mm256_set1_ps(sg[1]), 1);
-      ks.sigmaSum[h * (n / 2) + pi] = _mm512_insertf32x8(_mm512_set1_ps(sS[0]), _mm256_set1_ps(sS[1]), 1);
-    }
+  // Built per call (once per page): 8 permutes per head and block pair, small next to the page's 256+ tokens.
+  alignas(64) KeyQuery kq;
+  kq.build<ZEROS, R, D>(q, avxSymOffset(BITS));
   int tb = t0;
   for (; tb + 8 <= t1; tb += 8) {
     const uint8_t* rows = m.codes + (size_t)tb * ROW;
@@ -304,7 +289,7 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
         for (int o = 0; o < 8 * n; o += 32) _mm_prefetch((const char*)(za + aheadRow * n + o), _MM_HINT_T0);
       }
     }
-    keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, q, startS, ks,
+    keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, kq,
                                   s + (tb - t0), lds, 8);
   }
   if (tb < t1) {  // tail: copies of the rows, the missing ones repeating the last token (their results are not stored)
@@ -317,7 +302,7 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
       std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
       if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
     }
-    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, q, startS, ks, s + (tb - t0), lds, cnt);
+    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
   }
 }
 
