@@ -1,15 +1,12 @@
 // cpu_backend.cpp - the CPU backend: memory, quantizeRows, attend, the thread pool and the work split.
 //
-// attend() for one layer, when there are at least as many kv heads as threads (the usual GQA shape): one pool item
-// per kv head runs scores -> softmax -> u8 weights -> value sums for its r query heads, with the r x T scores in
-// that worker's buffer (L2-resident) instead of a [qHeads][T] array making round trips through DRAM.
-// Otherwise (few kv heads, long context) it runs three parallel phases, which cpuKeyScores/cpuValueSum also use:
-//   1. key scores:  items = (kv head, token chunk); each item walks the sink, the pages and the ring of its
-//                   chunk and writes the logits of all r query heads of its kv head (one pass over the codes).
-//   2. softmax:     items = query heads; vectorised exp, unnormalized (the outputs are divided by the sum at the
-//                   end); the InnerQ value path also quantizes the weights to int8 here.
-//   3. value sums:  same items as phase 1; each writes a private partial [r][d]; the caller merges them.
-// Chunk boundaries lie at S + k*C with C a multiple of 128, so they never split a token group of any G.
+// attend() for one layer: items = (kv head, token chunk), about 16 per thread. Each item runs scores -> softmax ->
+// u8 weights -> value sums for the r query heads of its kv head over its chunk (one pass over the codes serves all
+// r), and leaves partial sums with the chunk's score maximum and exp sum; the caller merges the chunks. Chunk
+// boundaries lie at S + k*C with C a multiple of 128, so they never split a token group of any G.
+// keyScores()/valueSum() (the separate GEMVs that the tests and the bench call) run as two parallel phases over the
+// same kind of items (fewer and larger): key scores into the caller's [qHeads][T] array; value sums, each item
+// writing a private partial [r][d] that the caller merges.
 #include "cpu_backend.h"
 
 #include <atomic>
@@ -189,7 +186,7 @@ class CpuBackend final : public Backend {
 
  private:
   static bool supported(const LayerView& v);
-  Chunking chunking(const LayerView& v) const;
+  Chunking chunking(const LayerView& v, int itemsPerThread, int minTokens) const;
   void prepareQuery(const LayerView& v, const float* query);
   struct ProbsI8 {  // the weights quantized to UNSIGNED 8 bits (quantizeU8)
     const uint8_t* q;
@@ -197,7 +194,7 @@ class CpuBackend final : public Backend {
     size_t ld;
   };
   struct WorkerBuffers {
-    AlignedBuf<float> scores, inv, sigma, sigmaSum;
+    AlignedBuf<float> scores, sigma, sigmaSum;
     AlignedBuf<uint8_t> q;
   };
   void keyScoresRange(const LayerView& v, int kh, int a0, int a1, float* s, size_t lds) const;
@@ -211,7 +208,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const Kernels* k_;
   std::mutex callMu_;
-  AlignedBuf<float> invSum_, qScaled_, qFold_, qSig_, qSigS_, scores_, pSig_, pSigS_, partial_;
+  AlignedBuf<float> qScaled_, qFold_, qSig_, qSigS_, pSig_, pSigS_, partial_;
   AlignedBuf<int8_t> qI8_;
   AlignedBuf<uint8_t> pI8_;
   size_t pLd_ = 0;  // row stride of pI8_ (quantizedValues rounded up to 32)
@@ -230,16 +227,18 @@ bool CpuBackend::supported(const LayerView& v) {
   return true;
 }
 
-Chunking CpuBackend::chunking(const LayerView& v) const {
-  // Enough items per kv head that every thread gets about two, but chunks of at least 512 tokens.
+Chunking CpuBackend::chunking(const LayerView& v, int itemsPerThread, int minTokens) const {
+  // About itemsPerThread items per thread over all kv heads, but chunks of at least minTokens tokens.
   const int quantSpan = v.tokens - v.sinkHeld();
-  int per = (2 * pool_.size() + v.kvHeads - 1) / v.kvHeads;
-  const int maxPer = quantSpan / 512;
+  int per = (itemsPerThread * pool_.size() + v.kvHeads - 1) / v.kvHeads;
+  const int maxPer = quantSpan / minTokens;
   if (per > maxPer) per = maxPer;
   if (per < 1) per = 1;
   int C = (quantSpan + per - 1) / per;
   C = (C + 127) / 128 * 128;
   if (C == 0) C = 128;
+  // Rounding C up can leave the last chunks empty (16 chunks of 1025 -> 1152 tokens cover 16400 with 15): drop them.
+  per = quantSpan > C ? (quantSpan + C - 1) / C : 1;
   return Chunking{per, C};
 }
 
@@ -365,7 +364,7 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
 }
 
 void CpuBackend::scoresPhase(const LayerView& v, float* scores) {
-  const Chunking ch = chunking(v);
+  const Chunking ch = chunking(v, 2, 512);
   const int r = v.qHeads / v.kvHeads, T = v.tokens;
   pool_.run(v.kvHeads * ch.perHead, [&](int item, int) {
     const int kh = item / ch.perHead, c = item % ch.perHead;
@@ -380,7 +379,7 @@ void CpuBackend::quantizeProbs(const LayerView& v, const float* probsRow, uint8_
 }
 
 void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) {
-  const Chunking ch = chunking(v);
+  const Chunking ch = chunking(v, 2, 512);
   const int d = v.headDim, r = v.qHeads / v.kvHeads, T = v.tokens;
   const int items = v.kvHeads * ch.perHead;
   float* part = partial_.get((size_t)items * r * d);
@@ -451,51 +450,72 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
   try {
     prepareQuery(v, query);
     const bool i8 = v.valueFormat.orientation == kColGrouped && v.quantizedValues > 0;
-    const int r = v.qHeads / v.kvHeads, T = v.tokens, d = v.headDim;
-    if (v.kvHeads >= pool_.size() && (v.kvHeads % pool_.size() == 0 || v.kvHeads >= 4 * pool_.size())) {
-      // Fused: one item per kv head runs scores -> softmax -> u8 weights -> value sums with its r x T scores in
-      // the worker's own buffer, so they stay in L2 instead of making two round trips through DRAM.
-      const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
-      if (workers_.size() < (size_t)pool_.size()) workers_.resize(pool_.size());
-      for (auto& w : workers_) {
-        w.scores.get((size_t)r * T);
-        w.inv.get((size_t)r);
-        if (i8) {
-          w.q.get((size_t)r * pLd);
-          w.sigma.get((size_t)r * pLd / 32);
-          w.sigmaSum.get((size_t)r * pLd / 32);
+    const int r = v.qHeads / v.kvHeads, T = v.tokens, d = v.headDim, S = v.sinkCapacity;
+    // Items = (kv head, token chunk). Each runs scores -> softmax -> u8 weights -> value sums over its chunk, with its
+    // r x chunk scores in the worker's own buffer (L2-resident, instead of a [qHeads][T] array making two round
+    // trips through DRAM), and leaves partial sums, the chunk's score maximum and its exp sum per query head; the
+    // chunks are merged at the end (as in split-KV "flash decoding"). Many small items (~16 per thread) balance
+    // the threads: with one item per kv head, a thread slowed down by another tenant of its core left the others
+    // idle for most of an item at the end of every layer. The u8 weights are per 32-token slice and scale-invariant,
+    // so the chunk-local maximum quantizes them exactly as the global one would.
+    const Chunking ch = chunking(v, 16, 1024);
+    const int items = v.kvHeads * ch.perHead;
+    const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
+    if (workers_.size() < (size_t)pool_.size()) workers_.resize(pool_.size());
+    for (auto& w : workers_) {
+      w.scores.get((size_t)r * T);
+      if (i8) {
+        w.q.get((size_t)r * pLd);
+        w.sigma.get((size_t)r * pLd / 32);
+        w.sigmaSum.get((size_t)r * pLd / 32);
+      }
+    }
+    const size_t perItem = (size_t)r * (d + 2);  // [r][d] value sums, then r maxima and r exp sums
+    float* part = partial_.get((size_t)items * perItem);
+    pool_.run(items, [&](int item, int worker) {
+      const int kh = item / ch.perHead, c = item % ch.perHead, a0 = ch.lo(v, c), a1 = ch.hi(v, c);
+      WorkerBuffers& w = workers_[worker];
+      float* s = w.scores.p;  // [r][T]; this item uses columns [a0, a1)
+      keyScoresRange(v, kh, a0, a1, s, T);
+      float* o = part + (size_t)item * perItem;
+      float* mx = o + (size_t)r * d;
+      float* z = mx + r;
+      // quantized value indices of the chunk: [q0, q1), multiples of 32 (chunks start at S + c*C, C a multiple of
+      // 128; the quantized span is a multiple of the group size)
+      const int q0 = (a0 > S ? a0 : S) - S, q1 = (a1 < S + v.quantizedValues ? a1 : S + v.quantizedValues) - S;
+      for (int h = 0; h < r; h++) {
+        float* sh = s + (size_t)h * T;
+        z[h] = k_->softmaxExp(sh + a0, a1 - a0, &mx[h]);
+        if (i8 && q1 > q0) {
+          const size_t at = (size_t)h * pLd + q0;
+          k_->quantizeU8(sh + S + q0, q1 - q0, w.q.p + at, w.sigma.p + at / 32, w.sigmaSum.p + at / 32);
         }
       }
-      pool_.run(v.kvHeads, [&](int kh, int worker) {
-        WorkerBuffers& w = workers_[worker];
-        float* s = w.scores.p;
-        keyScoresRange(v, kh, 0, T, s, T);
-        for (int h = 0; h < r; h++) {
-          w.inv.p[h] = 1.0f / k_->softmaxExp(s + (size_t)h * T, T);
-          if (i8) quantizeProbs(v, s + (size_t)h * T, w.q.p + h * pLd, w.sigma.p + h * pLd / 32, w.sigmaSum.p + h * pLd / 32);
-        }
-        float* o = out + (size_t)kh * r * d;
-        std::memset(o, 0, sizeof(float) * r * d);
-        const ProbsI8 pq{w.q.p, w.sigma.p, w.sigmaSum.p, pLd};
-        valueSumRange(v, kh, 0, T, s, T, pq, o);
-        for (int h = 0; h < r; h++)
-          for (int j = 0; j < d; j++) o[(size_t)h * d + j] *= w.inv.p[h];
-      });
-      return Status::Ok;
-    }
-    // Phased: (kv head, token chunk) items, for layers with fewer kv heads than threads.
-    float* s = scores_.get((size_t)v.qHeads * T);
-    scoresPhase(v, s);
-    if (i8) reserveProbsI8(v);
-    float* inv = invSum_.get((size_t)v.qHeads);
-    pool_.run(v.qHeads, [&](int h, int) {
-      inv[h] = 1.0f / k_->softmaxExp(s + (size_t)h * T, T);
-      // u8 quantization is scale-invariant: the unnormalized weights are fine
-      if (i8) quantizeProbs(v, s + (size_t)h * T, pI8_.p + h * pLd_, pSig_.p + h * pLd_ / 32, pSigS_.p + h * pLd_ / 32);
+      std::memset(o, 0, sizeof(float) * r * d);
+      const ProbsI8 pq{w.q.p, w.sigma.p, w.sigmaSum.p, pLd};
+      valueSumRange(v, kh, a0, a1, s, T, pq, o);
     });
-    valuePhase(v, s, out);
-    for (int h = 0; h < v.qHeads; h++)
-      for (int j = 0; j < d; j++) out[(size_t)h * d + j] *= inv[h];
+    // out_h = Σ_c e^(m_c - M) o_c / Σ_c e^(m_c - M) z_c with M = max_c m_c
+    for (int kh = 0; kh < v.kvHeads; kh++)
+      for (int h = 0; h < r; h++) {
+        const float* first = part + (size_t)kh * ch.perHead * perItem;
+        float M = -INFINITY;
+        for (int c = 0; c < ch.perHead; c++) {
+          const float m = first[c * perItem + (size_t)r * d + h];
+          M = m > M ? m : M;
+        }
+        float* dst = out + ((size_t)kh * r + h) * d;
+        std::memset(dst, 0, sizeof(float) * d);
+        double zt = 0;
+        for (int c = 0; c < ch.perHead; c++) {
+          const float* o = first + c * perItem;
+          const float wgt = std::exp(o[(size_t)r * d + h] - M);
+          zt += (double)wgt * o[(size_t)r * d + r + h];
+          for (int j = 0; j < d; j++) dst[j] += wgt * o[(size_t)h * d + j];
+        }
+        const float inv = (float)(1.0 / zt);
+        for (int j = 0; j < d; j++) dst[j] *= inv;
+      }
   } catch (const std::bad_alloc&) {
     return Status::OutOfMemory;
   }

@@ -76,9 +76,10 @@ struct Kernels {
   // KIVI-style values (kRowGrouped), float path: page slots [t0, t1); p[h*ldp + (t - t0)]. Accumulates into out.
   void (*wsumRowF)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
                    float* out);
-  // Unnormalized, numerically stable softmax of one row: s[i] <- exp(s[i] - max s), returns Σ s[i]. The caller
-  // divides the value sums by it at the end (d multiplies instead of a third pass over T).
-  float (*softmaxExp)(float* s, int n);
+  // Unnormalized, numerically stable softmax of one row (n >= 1): s[i] <- exp(s[i] - max s), returns Σ s[i] and
+  // stores max s at *maxOut. The caller divides the value sums by the sum at the end (d multiplies instead of a third
+  // pass over T); the max lets it merge rows that were exponentiated in separate chunks (cpu_backend.cpp's attend).
+  float (*softmaxExp)(float* s, int n, float* maxOut);
   // Quantize n (multiple of 32) floats to int8 per 32-slice: sigma = max|x|/127, q = round(x/sigma).
   void (*quantizeI8)(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum);
   // Quantize n (multiple of 32) NON-NEGATIVE floats (softmax weights) to unsigned 8 bits per 32-slice:

@@ -602,7 +602,7 @@ inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(tiny, y);
 }
 
-float softmaxExp(float* s, int n) {
+float softmaxExp(float* s, int n, float* maxOut) {
   __m256 mv = _mm256_set1_ps(-INFINITY), mv2 = mv, mv3 = mv, mv4 = mv;  // 4 chains hide the max latency
   int i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -618,6 +618,7 @@ float softmaxExp(float* s, int n) {
   float mx = tmp[0];
   for (int k = 1; k < 8; k++) mx = tmp[k] > mx ? tmp[k] : mx;
   for (int k = i; k < n; k++) mx = s[k] > mx ? s[k] : mx;
+  *maxOut = mx;
   const __m256 m8 = _mm256_set1_ps(mx);
   // Two-level sum: float lanes over blocks of 256 elements (32 terms per lane), then double across blocks, so
   // the denominator stays accurate to ~1e-7 even at 10^5 tokens.

@@ -729,7 +729,7 @@ inline __m512 exp512(__m512 x) {
   return _mm512_maskz_scalef_ps((__mmask16)~tiny, y, n);
 }
 
-float softmaxExp(float* s, int n) {
+float softmaxExp(float* s, int n, float* maxOut) {
   __m512 mv = _mm512_set1_ps(-INFINITY), mv2 = mv;
   int i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -738,6 +738,7 @@ float softmaxExp(float* s, int n) {
   }
   float mx = _mm512_reduce_max_ps(_mm512_max_ps(mv, mv2));
   for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+  *maxOut = mx;
   const __m512 m16 = _mm512_set1_ps(mx);
   // Two-level sum as in the AVX2 version: float lanes over blocks of 512 elements, then double across blocks.
   double total = 0;

@@ -132,9 +132,10 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
   }
 }
 
-float softmaxExp(float* s, int n) {
+float softmaxExp(float* s, int n, float* maxOut) {
   float mx = -INFINITY;
   for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+  *maxOut = mx;
   double sum = 0;
   for (int i = 0; i < n; i++) {
     s[i] = std::exp(s[i] - mx);
