@@ -457,7 +457,7 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     // chunks are merged at the end (as in split-KV "flash decoding"). Many small items (~16 per thread) balance
     // the threads: with one item per kv head, a thread slowed down by another tenant of its core left the others
     // idle for most of an item at the end of every layer. The u8 weights are per 32-token slice and scale-invariant,
-    // so the chunk-local maximum quantizes them exactly as the global one would.
+    // so the chunk-local maximum gives the same codes as the global one would (up to the float rounding of exp).
     const Chunking ch = chunking(v, 16, 1024);
     const int items = v.kvHeads * ch.perHead;
     const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
