@@ -39,7 +39,8 @@ void launchMerge(const float* partialO, const float* partialM, const float* part
                  int headDim, float* out, cudaStream_t stream) {
   auto kernel = mergeKernel;
   IQ_EXPECT_DEVICE(out, "out");
-  IQ_LAUNCH(kernel, dim3(qHeads), dim3(128), 0, stream, partialO, partialM, partialL, chunkCount, qHeads, headDim, out);
+  // grid.y: 32 channels per block (headDim is a power of two >= 32, checked by the backend)
+  IQ_LAUNCH(kernel, dim3(qHeads, headDim / 32), dim3(32 * kMergeWarps), kMergeSharedBytes, stream, partialO, partialM, partialL, chunkCount, qHeads, headDim, out);
 }
 
 }  // namespace dev

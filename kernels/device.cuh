@@ -11,6 +11,7 @@
   T* name = reinterpret_cast<T*>(iq_dynamic_smem)
 #define IQ_EXPECT_DEVICE(p, what) ((void)0)
 #define IQ_UNROLL _Pragma("unroll")
+#define IQ_UNROLL4 _Pragma("unroll 4")
 #elif defined(INNERQ_SIM)
 #include "../csrc/sim/cudasim.h"
 #define IQ_LAUNCH(kernel, grid, block, smem, stream, ...) \
@@ -18,6 +19,7 @@
 #define IQ_DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::cudasim::dynamicShared())
 #define IQ_EXPECT_DEVICE(p, what) ::cudasim::expectDevice(p, what)
 #define IQ_UNROLL  // host compilers unroll on their own; g++ would warn about the CUDA pragma
+#define IQ_UNROLL4
 #else
 #error "kernels are compiled by nvcc, or by a host compiler with INNERQ_SIM (csrc/sim/cudasim.h)"
 #endif
@@ -32,7 +34,10 @@ namespace IQ_DEV {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxHeadsPerBlock = 8;   // GQA heads served by one block (larger ratios use grid.z slices of 8)
-constexpr int kChunkTokens = 256;      // flash-decoding split size (tokens per partial softmax)
+constexpr int kChunkTokens = 256;      // flash-decoding split size (tokens per partial softmax): the most a chunk holds
+// The host cuts shorter chunks where the grid would otherwise leave SMs idle (chunkTokensFor in device_backend.cu):
+constexpr int kMinChunkTokens = 64;    // pages: at least this (and at least the token-group size G of the values)
+constexpr int kWindowChunkTokens = 32; // fp16 windows (sink, recent tokens): a few hundred tokens over many blocks
 
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 

@@ -295,8 +295,12 @@ export class KVCache {
     return o;
   }
 
-  /** Which kernels run this cache ('avx512vnni' / 'avx2' / 'portable' on cpu, else the backend name) and with how many threads. */
-  kernelInfo(): { kernels: string; threads: number; pageBytes: number; ringCapacity: number } {
+  /**
+   * Which kernels run this cache ('avx512vnni' / 'avx2' / 'portable' on cpu, else the backend name) and with how many
+   * threads. deviceAttendMs (cuda/sim; null on cpu): cumulative device time of the attention kernels of every attend()
+   * so far, from events recorded on the backend's stream (gaps between kernel launches included, host copies not).
+   */
+  kernelInfo(): { kernels: string; threads: number; pageBytes: number; ringCapacity: number; deviceAttendMs: number | null } {
     return this.live('kernelInfo').geometry();
   }
 

@@ -38,7 +38,7 @@ export interface NativeCacheInstance {
   prefillDevice(layer: number, keys: bigint, values: bigint, tokens: number, stream?: bigint): void;
   appendDevice(layer: number, key: bigint, value: bigint, stream?: bigint): void;
   attendDevice(layer: number, query: bigint, out: bigint, stream?: bigint): void;
-  geometry(): { pageBytes: number; ringCapacity: number; kernels: string; threads: number };
+  geometry(): { pageBytes: number; ringCapacity: number; kernels: string; threads: number; deviceAttendMs: number | null };
   reset(layer: number): void;
   dispose(): void;
   backendName(): string;

@@ -23,3 +23,20 @@ test('CMakeLists.txt globs the folders this test assumes', () => {
   const cmake = fs.readFileSync(path.join(root, 'CMakeLists.txt'), 'utf8');
   for (const dir of ['csrc/binding', 'csrc/core', 'csrc/cpu']) expect(cmake).toContain(`\${CMAKE_CURRENT_SOURCE_DIR}/${dir}/*.cpp`);
 });
+
+test('the CUDA backend copies only on its own stream (no legacy-stream cudaMemcpy / cudaMemset)', () => {
+  // device_backend.cu's stream_ is cudaStreamNonBlocking: a synchronous cudaMemcpy runs on the legacy default
+  // stream, is not ordered with it, and returns from pageable memory before its DMA lands. On an H200 that let a
+  // prefill's quantize kernel read rows that had not arrived. The sim executes copies at once and cannot show it.
+  const files = ['csrc/cuda', 'kernels'].flatMap((dir) =>
+    fs.readdirSync(path.join(root, dir)).filter((f) => /\.(cu|cuh)$/.test(f)).map((f) => path.join(root, dir, f)));
+  expect(files.length).toBeGreaterThan(3);
+  const offenders: string[] = [];
+  for (const f of files) {
+    fs.readFileSync(f, 'utf8').split('\n').forEach((line, i) => {
+      const code = line.replace(/\/\/.*$/, '');
+      if (/\bcuda(Memcpy|Memset|Memcpy2D|Memcpy3D)\s*\(/.test(code)) offenders.push(`${path.relative(root, f)}:${i + 1}: ${line.trim()}`);
+    });
+  }
+  expect(offenders).toEqual([]);
+});

@@ -73,6 +73,17 @@ export function backendCases(): BackendCase[] {
     // eslint-disable-next-line no-console
     console.log(`cuda backend not tested here: ${b.cuda.compiled ? `compiled, but ${b.cuda.error ?? 'no device'}` : 'not compiled'}`);
   }
+  // INNERQ_TEST_BACKENDS=cuda (a comma list of labels) narrows the run, e.g. on a CUDA runner whose time is scarce;
+  // the cases it drops are printed, and naming a backend that is not available here is an error.
+  const only = process.env.INNERQ_TEST_BACKENDS;
+  if (only) {
+    const want = only.split(',').map((s) => s.trim()).filter(Boolean);
+    const missing = want.filter((w) => !cases.some((c) => c.label === w));
+    if (missing.length) throw new Error(`INNERQ_TEST_BACKENDS names ${missing.join(', ')}, not available here (available: ${cases.map((c) => c.label).join(', ')})`);
+    // eslint-disable-next-line no-console
+    console.log(`INNERQ_TEST_BACKENDS=${only}: not testing ${cases.filter((c) => !want.includes(c.label)).map((c) => c.label).join(', ') || 'nothing else'}`);
+    return cases.filter((c) => want.includes(c.label));
+  }
   return cases;
 }
 

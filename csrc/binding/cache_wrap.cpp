@@ -340,6 +340,8 @@ Napi::Value NativeCache::Geometry(const Napi::CallbackInfo& info) {
   o.Set("ringCapacity", c.ringCapacity());
   o.Set("kernels", std::string(c.backend().name()) == "cpu" ? cpuBackendKernels(c.backend()) : c.backend().name());
   o.Set("threads", std::string(c.backend().name()) == "cpu" ? cpuBackendThreads(c.backend()) : 1);
+  const double deviceMs = c.backend().deviceAttendMs();
+  o.Set("deviceAttendMs", deviceMs < 0 ? env.Null() : Napi::Number::New(env, deviceMs));
   return o;
 }
 

@@ -83,6 +83,11 @@ class Backend {
   // into the query for the quantized segment only (fp16 windows hold raw keys).
   virtual Status attend(const LayerView& view, const float* query, float* out) = 0;
 
+  // Cumulative device time, in ms, of the kernels of every successful attend() so far, read from events recorded
+  // on the backend's stream around them (launch gaps between the kernels included, host copies excluded).
+  // -1 when the backend has no device clock (cpu). The benchmark divides it by the attend calls it made.
+  virtual double deviceAttendMs() const { return -1.0; }
+
   // Human-readable last error for Status::DeviceError.
   virtual std::string lastError() const { return std::string(); }
 };

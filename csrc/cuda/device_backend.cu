@@ -78,9 +78,17 @@ class DeviceBackend final : public Backend {
   DeviceBackend(int device, int threadOrder, unsigned seed) : device_(device), order_(threadOrder), seed_(seed) {
     enter();
     cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    cudaEventCreate(&kernelsStart_);
+    cudaEventCreate(&kernelsEnd_);
+    if (cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device_) != cudaSuccess) {
+      cudaGetLastError();
+      multiprocessors_ = 0;  // unknown: chunkTokensFor keeps full chunks
+    }
   }
   ~DeviceBackend() override {
     enter();
+    if (kernelsStart_) cudaEventDestroy(kernelsStart_);
+    if (kernelsEnd_) cudaEventDestroy(kernelsEnd_);
     if (workspace_) cudaFree(workspace_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -103,17 +111,21 @@ class DeviceBackend final : public Backend {
     enter();
     if (p) cudaFree(p);
   }
+  // Copies go on the backend's own stream, then wait for it. A plain cudaMemcpy would run on the legacy default
+  // stream, which does not order against stream_ (created cudaStreamNonBlocking), and from pageable memory it
+  // returns once the data is staged, before the DMA lands: a kernel launched next on stream_ could read rows that
+  // have not arrived yet. Seen on an H200 (fp16 prefill of 128 tokens attended garbage); the sim cannot show it.
   Status upload(void* dst, const void* hostSrc, size_t bytes) override {
     enter();
-    return check(cudaMemcpy(dst, hostSrc, bytes, cudaMemcpyHostToDevice), "upload");
+    return copyOnStream(dst, hostSrc, bytes, cudaMemcpyHostToDevice, "upload");
   }
   Status download(void* hostDst, const void* src, size_t bytes) override {
     enter();
-    return check(cudaMemcpy(hostDst, src, bytes, cudaMemcpyDeviceToHost), "download");
+    return copyOnStream(hostDst, src, bytes, cudaMemcpyDeviceToHost, "download");
   }
   Status copyDevice(void* dst, const void* src, size_t bytes) override {
     enter();
-    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "device copy");
+    return copyOnStream(dst, src, bytes, cudaMemcpyDeviceToDevice, "device copy");
   }
   Status waitStream(uint64_t stream) override {
     if (stream == 0) return Status::Ok;
@@ -162,13 +174,16 @@ class DeviceBackend final : public Backend {
     if (d < 32 || d > 256 || (d & (d - 1)) != 0) return unsupported("head dim must be 32, 64, 128 or 256 on the cuda/sim backends");
     if (!formatSupported(v.keyFormat, d) || !formatSupported(v.valueFormat, d)) return unsupported("matrix format");
 
-    // Chunks: maximal runs of tokens with one place per matrix, at most kChunkTokens long.
+    // Chunks: maximal runs of tokens with one place per matrix, at most pageChunk (pages) or kWindowChunkTokens
+    // (fp16 windows) long.
+    const int pageChunk = chunkTokensFor(v, std::max(1, r / std::min(r, dev::kMaxHeadsPerBlock)));
     chunks_.clear();
     for (int a = 0; a < v.tokens;) {
       const Place k = locate(v, Matrix::Keys, a), val = locate(v, Matrix::Values, a);
+      const bool window = k.kind == dev::kWindowSource || val.kind == dev::kWindowSource;
       Chunk c;
       c.token = a;
-      c.count = std::min({k.run, val.run, dev::kChunkTokens});
+      c.count = std::min({k.run, val.run, window ? dev::kWindowChunkTokens : pageChunk});
       c.keyBase = k.base;
       c.keySlot = k.slot;
       c.keyKind = k.kind;
@@ -237,6 +252,7 @@ class DeviceBackend final : public Backend {
     p.partialL = reinterpret_cast<float*>(w + oPL);
     p.qHeads = qh;
     const int* lists = reinterpret_cast<const int*>(w + oLists);
+    cudaEventRecord(kernelsStart_, stream_);
     int at = 0;
     for (int kind = 0; kind < 2; kind++) {
       p.list = lists + at;
@@ -250,14 +266,40 @@ class DeviceBackend final : public Backend {
     }
     float* dOut = reinterpret_cast<float*>(w + oOut);
     dev::launchMerge(p.partialO, p.partialM, p.partialL, nc, qh, d, dOut, stream_);
+    cudaEventRecord(kernelsEnd_, stream_);
     s = check(cudaGetLastError(), "attend launch");
     if (s != Status::Ok) return s;
     s = check(cudaMemcpyAsync(out, dOut, (size_t)qh * d * 4, cudaMemcpyDeviceToHost, stream_), "attend output");
     if (s != Status::Ok) return s;
-    return finish("attend");
+    s = finish("attend");
+    if (s != Status::Ok) return s;
+    float ms = 0.f;  // both events completed: the stream was synchronized after them
+    if (cudaEventElapsedTime(&ms, kernelsStart_, kernelsEnd_) == cudaSuccess) deviceAttendMs_ += ms;
+    else cudaGetLastError();  // a timing failure must not surface as the next call's error
+    return Status::Ok;
   }
 
+  double deviceAttendMs() const override { return deviceAttendMs_; }
+
   std::string lastError() const override { return error_; }
+
+  // Tokens per page chunk. Each chunk is one block per (kv head, GQA slice) in every kernel, and a block walks
+  // its chunk in passes whose loads wait on memory latency: with one block per SM (4k tokens x 8 kv heads in
+  // 256-token chunks = 128 blocks on an H200's 132 SMs) the kernels ran at a fraction of the bandwidth. So aim
+  // for at least 4 blocks per SM, in power-of-two chunks between kMinChunkTokens (and the value group size, so
+  // that a token group is never split between chunks) and kChunkTokens; the partials this adds are small and
+  // stay in L2.
+  int chunkTokensFor(const LayerView& v, int slices) const {
+    int floor = dev::kMinChunkTokens;
+    if (v.valueFormat.orientation == kColGrouped) floor = std::max(floor, v.valueFormat.groupSize);
+    if (v.keyFormat.orientation == kColGrouped) floor = std::max(floor, v.keyFormat.groupSize);
+    if (multiprocessors_ <= 0) return dev::kChunkTokens;
+    const long long blocksPerChunk = (long long)v.kvHeads * slices, wanted = 4LL * multiprocessors_;
+    const long long chunks = (wanted + blocksPerChunk - 1) / blocksPerChunk;
+    int tokens = dev::kChunkTokens;
+    while (tokens > floor && (long long)v.tokens / tokens < chunks) tokens /= 2;
+    return std::max(tokens, std::min(floor, dev::kChunkTokens));
+  }
 
  private:
   // The calling thread may differ between calls (Node AsyncWorkers): bind device / sim settings each time.
@@ -280,6 +322,11 @@ class DeviceBackend final : public Backend {
     // kernel fault) survive this and keep failing every later call, as they must.
     cudaGetLastError();
     return e == cudaErrorMemoryAllocation ? Status::OutOfMemory : Status::DeviceError;
+  }
+  Status copyOnStream(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what) {
+    const Status s = check(cudaMemcpyAsync(dst, src, bytes, kind, stream_), what);
+    if (s != Status::Ok) return s;
+    return check(cudaStreamSynchronize(stream_), what);
   }
   Status finish(const char* what) {
     Status s = check(cudaGetLastError(), what);
@@ -315,8 +362,11 @@ class DeviceBackend final : public Backend {
   }
 
   int device_, order_;
+  int multiprocessors_ = 0;
   unsigned seed_;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t kernelsStart_ = nullptr, kernelsEnd_ = nullptr;  // around the attend kernels (deviceAttendMs)
+  double deviceAttendMs_ = 0.0;
   void* workspace_ = nullptr;
   size_t workspaceBytes_ = 0;
   std::vector<Chunk> chunks_;

@@ -72,6 +72,13 @@ export interface BenchRow {
   speedupVsFp16: number | null;
   speedupVsKivi2: number | null;
   bound: 'memory' | 'compute' | null;
+  /**
+   * cuda/sim step rows: mean device time of the attention kernels per step, ms (CUDA events around each layer's
+   * kernels, kernelInfo().deviceAttendMs; excludes the host copies and the synchronization that msPerStep includes).
+   */
+  deviceMsPerStep: number | null;
+  deviceSpeedupVsFp16: number | null;
+  deviceSpeedupVsKivi2: number | null;
 }
 
 export interface BoundnessRow {
@@ -139,10 +146,13 @@ function distinctLayersFor(p: BenchParams, preset: PresetName, context: number):
   return Math.max(1, Math.min(p.layers, Math.max(2, Math.ceil((p.workingSetMiB * 2 ** 20) / per))));
 }
 
-/** Memory the whole run needs at its peak (the largest context, every preset at once, plus the probes). */
-export function estimateMemory(p: BenchParams): number {
+/**
+ * Host memory the whole run needs at its peak (the largest context, every preset at once, plus the probes).
+ * Caches of the cuda backend live in device memory, so only the host-memory backends (cpu, sim) count them.
+ */
+export function estimateMemory(p: BenchParams, hostBackends = p.backends.filter((b) => b !== 'cuda').length): number {
   let peak = 0;
-  const nb = p.backends.length;
+  const nb = hostBackends;
   for (const ctx of p.contexts) {
     let sum = 0;
     for (const preset of p.presets) sum += nb * distinctLayersFor(p, preset, ctx) * estimateLayerBytes(preset, ctx, p.kvHeads, p.headDim);
@@ -246,7 +256,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
       c.dispose();
     }
   }
-  const estimate = estimateMemory(p);
+  const estimate = estimateMemory(p, resolved.filter((b) => b !== 'cuda').length);
   const free = os.freemem();
   if (estimate > free) {
     throw new CliError(
@@ -280,6 +290,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
       bytesPerLayer: held, cacheBytes: held * p.layers, bitsPerElement: cache.stats().bitsPerElement,
       bytesReadPerStep: bytesRead, gbps, bandwidthGBs: ref, fractionOfBandwidth: ref ? gbps / ref : null,
       speedupVsFp16: null, speedupVsKivi2: null, bound: null,
+      deviceMsPerStep: null, deviceSpeedupVsFp16: null, deviceSpeedupVsKivi2: null,
     };
   };
 
@@ -300,7 +311,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
     const data = fillData(context * rowLen, p.seed + context);
     const scores = new Float32Array(p.qHeads * context);
     const probs = new Float32Array(p.qHeads * context).fill(1 / context);
-    const caches: Array<{ preset: PresetName; backend: 'cpu' | 'cuda' | 'sim'; cache: KVCache; distinct: number; threads?: number }> = [];
+    const caches: Array<{ preset: PresetName; backend: 'cpu' | 'cuda' | 'sim'; cache: KVCache; distinct: number; threads?: number; attends?: number }> = [];
     try {
       for (const backend of resolved) {
         for (const preset of p.presets) {
@@ -319,7 +330,8 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
       for (const c of caches) {
         const { cache, distinct, preset, backend } = c;
         const key = `${backend}/${preset}/${c.threads ?? 'all'}`;
-        tasks.push({ name: `${key}/step`, fn: () => { for (let l = 0; l < p.layers; l++) cache.attend(l % distinct, query, out); } });
+        c.attends = 0;
+        tasks.push({ name: `${key}/step`, fn: () => { for (let l = 0; l < p.layers; l++) cache.attend(l % distinct, query, out); c.attends! += p.layers; } });
         if (p.gemv && backend === 'cpu' && c.threads === undefined) {
           tasks.push({ name: `${key}/key`, fn: () => { for (let l = 0; l < p.layers; l++) cache.keyScores(l % distinct, query, scores); } });
           tasks.push({ name: `${key}/value`, fn: () => { for (let l = 0; l < p.layers; l++) cache.valueSum(l % distinct, probs, out); } });
@@ -331,7 +343,10 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
         const key = `${c.backend}/${c.preset}/${c.threads ?? 'all'}`;
         const heldPerLayer = c.cache.stats().bytes.held / c.distinct;
         const kind: RowKind = c.threads === 1 ? 'step-1thread' : 'step';
-        rows.push(row(kind, c.preset, c.backend, c.cache, context, p.layers, c.distinct, timings.get(`${key}/step`)!, heldPerLayer * p.layers));
+        const stepRow = row(kind, c.preset, c.backend, c.cache, context, p.layers, c.distinct, timings.get(`${key}/step`)!, heldPerLayer * p.layers);
+        const deviceMs = c.cache.kernelInfo().deviceAttendMs;  // the caches are fresh: every attend so far was timed here
+        if (deviceMs !== null && c.attends) stepRow.deviceMsPerStep = (deviceMs / c.attends) * p.layers;
+        rows.push(stepRow);
         if (timings.has(`${key}/key`)) {
           rows.push(row('key-gemv', c.preset, c.backend, c.cache, context, p.layers, c.distinct, timings.get(`${key}/key`)!, heldPerLayer * p.layers * matrixShare(c.preset, 'key')));
           rows.push(row('value-gemv', c.preset, c.backend, c.cache, context, p.layers, c.distinct, timings.get(`${key}/value`)!, heldPerLayer * p.layers * matrixShare(c.preset, 'value')));
@@ -381,6 +396,8 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
     const k = find('kivi-2');
     if (f) r.speedupVsFp16 = f.msPerStep / r.msPerStep;
     if (k) r.speedupVsKivi2 = k.msPerStep / r.msPerStep;
+    if (r.deviceMsPerStep !== null && f?.deviceMsPerStep) r.deviceSpeedupVsFp16 = f.deviceMsPerStep / r.deviceMsPerStep;
+    if (r.deviceMsPerStep !== null && k?.deviceMsPerStep) r.deviceSpeedupVsKivi2 = k.deviceMsPerStep / r.deviceMsPerStep;
   }
 
   const boundness = classify(p, rows);
@@ -405,7 +422,10 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
       context: ctx, backend, innerqVsFp16: vf, innerqVsKivi2: vk, fp16FractionOfBandwidth: frac,
       meetsFp16Target: vf >= 3, meetsKivi2Target: vk >= 1.3,
       text: `${backend} @ ${ctx} tokens: innerq ${iq.msPerStep.toFixed(1)} ms/step; ${part('fp16', vf, 3)}; ${part('kivi-2', vk, 1.3)}; ` +
-        `fp16 reads at ${f.gbps.toFixed(1)} GB/s${frac !== null ? ` = ${(frac * 100).toFixed(0)}% of the measured ${f.bandwidthGBs!.toFixed(1)} GB/s` : ''}`,
+        `fp16 reads at ${f.gbps.toFixed(1)} GB/s${frac !== null ? ` = ${(frac * 100).toFixed(0)}% of the measured ${f.bandwidthGBs!.toFixed(1)} GB/s` : ''}` +
+        (iq.deviceSpeedupVsFp16 !== null && iq.deviceSpeedupVsKivi2 !== null
+          ? `; device time of the kernels alone: innerq ${iq.deviceMsPerStep!.toFixed(3)} ms/step, ${iq.deviceSpeedupVsFp16.toFixed(2)}× vs fp16, ${iq.deviceSpeedupVsKivi2.toFixed(2)}× vs kivi-2`
+          : ''),
     });
   }
 

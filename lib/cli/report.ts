@@ -33,6 +33,15 @@ export const benchColumns: Column<BenchRow>[] = [
   { header: 'bound', get: (r) => r.bound ?? '', align: 'left' },
 ];
 
+/** Extra columns when a row carries device (CUDA event) timing: the kernels alone, without host copies and syncs. */
+export const deviceColumns: Column<BenchRow>[] = [
+  { header: 'dev ms/step', get: (r) => fixed(r.deviceMsPerStep, 3) },
+  { header: 'dev GB/s', get: (r) => (r.deviceMsPerStep ? fixed(r.bytesReadPerStep / (r.deviceMsPerStep / 1000) / 1e9, 0) : '') },
+  { header: 'dev ×fp16', get: (r) => ratio(r.deviceSpeedupVsFp16) },
+  { header: 'dev ×kivi-2', get: (r) => ratio(r.deviceSpeedupVsKivi2) },
+];
+const columnsFor = (rows: BenchRow[]): Column<BenchRow>[] => (rows.some((r) => r.deviceMsPerStep !== null && r.deviceMsPerStep !== undefined) ? [...benchColumns, ...deviceColumns] : benchColumns);
+
 export const boundColumns: Column<BoundnessRow>[] = [
   { header: 'preset', get: (r) => r.preset, align: 'left' },
   { header: 'kernel', get: (r) => r.kind, align: 'left' },
@@ -83,13 +92,14 @@ function benchNotes(): string {
     'GB/s: bytes the operation reads (stats().bytes.held of the layers; for a GEMV, an estimate of its matrix share) per second.',
     '% BW: fraction of the measured read bandwidth at the same thread count. ×fp16 / ×kivi-2: speedup, same run, same kind and context.',
     'bound: memory if the kernel runs at ≥ 70% of bandwidth or ≥ 1.5× faster per byte when cache-resident; otherwise compute.',
+    'dev columns (cuda/sim only): mean device time of the attention kernels per step from CUDA events, without the host copies and synchronization in ms/step.',
   ].join('\n');
 }
 
 export function benchText(r: BenchResult): string {
   const main = r.rows.filter((x) => !x.kind.startsWith('resident'));
   const resident = r.rows.filter((x) => x.kind.startsWith('resident'));
-  const parts = [...benchHeader(r), '', textTable(main, benchColumns)];
+  const parts = [...benchHeader(r), '', textTable(main, columnsFor(main))];
   if (resident.length) parts.push('', 'cache-resident (1 layer attended repeatedly):', textTable(resident, benchColumns));
   if (r.boundness.length) parts.push('', 'memory- or compute-bound:', textTable(r.boundness, boundColumns));
   if (r.targets.length) parts.push('', 'targets (issue 4):', ...r.targets.map((t) => `  ${t.text}`));
@@ -100,7 +110,7 @@ export function benchText(r: BenchResult): string {
 export function benchMarkdown(r: BenchResult): string {
   const main = r.rows.filter((x) => !x.kind.startsWith('resident'));
   const resident = r.rows.filter((x) => x.kind.startsWith('resident'));
-  const parts = ['## innerq bench', '', ...benchHeader(r).map((l) => `${l}  `), '', markdownTable(main, benchColumns)];
+  const parts = ['## innerq bench', '', ...benchHeader(r).map((l) => `${l}  `), '', markdownTable(main, columnsFor(main))];
   if (resident.length) parts.push('', 'Cache-resident (1 layer attended repeatedly):', '', markdownTable(resident, benchColumns));
   if (r.boundness.length) parts.push('', 'Memory- or compute-bound:', '', markdownTable(r.boundness, boundColumns));
   if (r.targets.length) parts.push('', 'Targets (issue 4):', '', ...r.targets.map((t) => `- ${t.text}`));
