@@ -530,45 +530,30 @@ Status CpuBackend::quantizeRows(const LayerView& v, Matrix mat, const uint16_t* 
   const int d = v.headDim, P = v.pageTokens, H = v.kvHeads;
   const size_t ld = (size_t)H * d;
   if (f.orientation == kColGrouped && (firstQuantized % f.groupSize || count % f.groupSize)) return Status::Unsupported;
-  const float* norm = keys ? (v.keyNorm ? v.keyNorm : v.keyNormHost) : nullptr;
-  // Keys are stored as K/f: divide in double and round once to binary16 (saturating), as the format requires.
-  const int G = f.orientation == kColGrouped ? f.groupSize : 1;  // rows handled together
+  // Keys are stored as K/f: divided in double and rounded once to binary16 (saturating), as the format requires.
+  struct Pages {
+    const LayerView* v;
+    const MatrixLayout* L;
+    const MatrixFormat* f;
+  } pages{&v, &L, &f};
+  QuantizeHeadJob job{};
+  job.rows = rows;
+  job.ld = ld;
+  job.d = d;
+  job.count = count;
+  job.firstQuantized = firstQuantized;
+  job.pageTokens = P;
+  job.norm = keys ? (v.keyNorm ? v.keyNorm : v.keyNormHost) : nullptr;
+  job.format = f;
+  job.pageRef = [](const void* ctx, int page, int kh) {
+    const Pages& p = *static_cast<const Pages*>(ctx);
+    return headRef(*p.v, *p.L, *p.f, page, kh);
+  };
+  job.ctx = &pages;
   pool_.run(H, [&](int kh, int) {
-    std::vector<uint16_t> tmp((size_t)G * d);
-    uint8_t u[128];
-    for (int i0 = 0; i0 < count; i0 += G) {
-      for (int t = 0; t < G; t++)
-        for (int j = 0; j < d; j++) {
-          const uint16_t x = rows[(size_t)(i0 + t) * ld + (size_t)kh * d + j];
-          tmp[(size_t)t * d + j] = norm ? normalizeKey(x, norm[(size_t)kh * d + j]) : x;
-        }
-      const int qi = firstQuantized + i0, page = qi / P, slot = qi % P;
-      const QuantRef m = headRef(v, L, f, page, kh);
-      uint8_t* codes = const_cast<uint8_t*>(m.codes);
-      uint16_t* scales = const_cast<uint16_t*>(m.scales);
-      uint16_t* zeros = const_cast<uint16_t*>(m.zeros);
-      if (f.orientation == kFp16Rows) {
-        std::memcpy((uint16_t*)codes + (size_t)slot * d, tmp.data(), sizeof(uint16_t) * d);
-      } else if (f.orientation == kRowGrouped) {
-        const int n = d / f.groupSize, gb = groupBytes(f.bits, f.groupSize);
-        for (int g = 0; g < n; g++) {
-          const QuantizedGroup qg = quantizeGroup(tmp.data() + (size_t)g * f.groupSize, 1, f.groupSize, f.bits, f.mode, u);
-          const size_t gi = (size_t)slot * n + g;
-          for (int b = 0; b < f.groupSize / 32; b++) packBlock32(u + 32 * b, f.bits, codes + gi * gb + (size_t)b * blockBytes(f.bits));
-          scales[gi] = qg.scale;
-          if (zeros) zeros[gi] = qg.zero;
-        }
-      } else {
-        const int gb = groupBytes(f.bits, f.groupSize), tg = slot / f.groupSize;
-        for (int j = 0; j < d; j++) {
-          const QuantizedGroup qg = quantizeGroup(tmp.data() + j, d, f.groupSize, f.bits, f.mode, u);
-          const size_t gi = (size_t)tg * d + j;
-          for (int b = 0; b < f.groupSize / 32; b++) packBlock32(u + 32 * b, f.bits, codes + gi * gb + (size_t)b * blockBytes(f.bits));
-          scales[gi] = qg.scale;
-          if (zeros) zeros[gi] = qg.zero;
-        }
-      }
-    }
+    QuantizeHeadJob mine = job;
+    mine.kh = kh;
+    k_->quantizeHead(mine);
   });
   return Status::Ok;
 }

@@ -55,6 +55,18 @@ struct U8Set {
   size_t lds;
 };
 
+// One kv head's share of CpuBackend::quantizeRows (quantize_head.h): `count` token rows starting at quantized
+// index firstQuantized (multiples of G for kColGrouped formats).
+struct QuantizeHeadJob {
+  const uint16_t* rows;  // [count][ld] binary16 token rows of all kv heads; this head's channels start at kh * d
+  size_t ld;
+  int kh, d, count, firstQuantized, pageTokens;
+  const float* norm;     // keys: the layer's normalization factors [kvHeads][d] (stored keys are K / f), else nullptr
+  MatrixFormat format;
+  QuantRef (*pageRef)(const void* ctx, int page, int kh);  // this head's slices of page `page`
+  const void* ctx;
+};
+
 struct Kernels {
   const char* name;
   // fp16 rows: s[h*lds + i] = Σ_j q[h*d + j] * rows[i*ld + j], i in [0, n). next: where the caller's walk goes on
@@ -85,6 +97,8 @@ struct Kernels {
   // Quantize n (multiple of 32) NON-NEGATIVE floats (softmax weights) to unsigned 8 bits per 32-slice:
   // sigma = max/255, q = round(x/sigma) in [0, 255] (negative inputs clamp to 0).
   void (*quantizeU8)(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum);
+  // Prefill / append quantization of one kv head (the shared scalar quantizer, compiled with this table's flags).
+  void (*quantizeHead)(const QuantizeHeadJob& job);
 };
 
 const Kernels& portableKernels();

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "quantize_head.h"
 #include "simd_common.h"
 
 namespace innerq {
@@ -726,7 +727,7 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
 }
 
 const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
-                       quantizeU8};
+                       quantizeU8, quantizeHeadRows};
 
 }  // namespace
 

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "quantize_head.h"
 #include "simd_common.h"
 
 namespace innerq {
@@ -845,6 +846,7 @@ Kernels makeTable() {
   k.wsumRowF = wsumRowF;
   k.softmaxExp = softmaxExp;
   k.quantizeU8 = quantizeU8;
+  k.quantizeHead = quantizeHeadRows;  // this file's AVX-512 compile of quantize_head.h
   return k;
 }
 

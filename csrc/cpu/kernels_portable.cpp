@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include "cpu_kernels.h"
+#include "quantize_head.h"
 
 namespace innerq {
 namespace cpu {
@@ -189,7 +190,7 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
 }
 
 const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp,
-                           quantizeI8, quantizeU8};
+                           quantizeI8, quantizeU8, quantizeHeadRows};
 
 }  // namespace
 

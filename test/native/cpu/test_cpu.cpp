@@ -20,6 +20,7 @@
 //    by at most a factor e^{±2B}, so |o_j - o_ref_j| <= (e^{2B} - 1) Σ_t p_t |V_tj| + value int8 bound + 1e-5 Σ.
 // Outputs are poisoned with NaN before every call.
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -552,6 +553,131 @@ static void checkActivationQuantizers(const std::vector<const cpu::Kernels*>& ta
   }
 }
 
+// quantizeHead (quantize_head.h) is one source compiled with each table's flags: every table must write the same
+// page bytes as the portable one (which runs the quantizer at the x86-64 baseline), for every format, with and
+// without key normalization, on data with constant, zero, sign-symmetric, subnormal and near-overflow groups.
+static void checkQuantizeHeads(const std::vector<const cpu::Kernels*>& tables, std::mt19937_64& rng) {
+  const cpu::Kernels& ref = cpu::portableKernels();
+  const int d = 128, H = 2;
+  {
+    // Key normalization alone (fp16-row pages store K / f as is): every finite binary16 key, against factors
+    // from 2^-7 (quotients past 65504 saturate) to 2^8, compared with the scalar normalizeKey element by element.
+    std::vector<uint16_t> keys;
+    for (uint32_t b = 0; b < 65536; b++)
+      if (((b >> 10) & 0x1f) != 0x1f) keys.push_back((uint16_t)b);
+    const int T = (int)((keys.size() + (size_t)H * d - 1) / ((size_t)H * d));
+    keys.resize((size_t)T * H * d, 0x3c00);
+    std::shuffle(keys.begin(), keys.end(), rng);
+    std::vector<float> f((size_t)H * d);
+    std::uniform_real_distribution<double> e(-7.0, 8.0);
+    for (auto& v : f) v = (float)std::exp2(e(rng));
+    f[0] = 1.0f;
+    f[1] = 0.0078125f;
+    std::vector<uint16_t> out((size_t)T * d * H);
+    struct Ctx { uint16_t* base; int T, d; };
+    Ctx ctx{out.data(), T, d};
+    for (const cpu::Kernels* k : tables) {
+      std::fill(out.begin(), out.end(), (uint16_t)0x7e01);
+      cpu::QuantizeHeadJob job{};
+      job.rows = keys.data();
+      job.ld = (size_t)H * d;
+      job.d = d;
+      job.count = T;
+      job.pageTokens = T;
+      job.norm = f.data();
+      job.format = MatrixFormat{kFp16Rows, 16, 32, 0};
+      job.ctx = &ctx;
+      job.pageRef = [](const void* p, int, int kh) {
+        const Ctx& c = *static_cast<const Ctx*>(p);
+        cpu::QuantRef r;
+        r.codes = reinterpret_cast<const uint8_t*>(c.base + (size_t)kh * c.T * c.d);
+        r.scales = nullptr;
+        r.zeros = nullptr;
+        return r;
+      };
+      for (int kh = 0; kh < H; kh++) {
+        job.kh = kh;
+        k->quantizeHead(job);
+      }
+      long bad = 0;
+      for (int kh = 0; kh < H; kh++)
+        for (int t = 0; t < T; t++)
+          for (int j = 0; j < d; j++) {
+            const uint16_t want = normalizeKey(keys[((size_t)t * H + kh) * d + j], f[(size_t)kh * d + j]);
+            if (out[((size_t)kh * T + t) * d + j] != want && bad++ < 3)
+              std::printf("  %s: key %04x / f %g -> %04x, expected %04x\n", k->name, keys[((size_t)t * H + kh) * d + j],
+                          f[(size_t)kh * d + j], out[((size_t)kh * T + t) * d + j], want);
+          }
+      CHECK(bad == 0, "%s key normalization differs from normalizeKey in %ld of %zu elements", k->name, bad, keys.size());
+    }
+  }
+  std::normal_distribution<double> gauss(0.0, 1.0);
+  for (int orientation : {(int)kRowGrouped, (int)kColGrouped})
+    for (int bits : {2, 3, 4, 8})
+      for (int G : {32, 64, 128})
+        for (int mode = 0; mode < 3; mode++)
+          for (bool norm : {false, true}) {
+            const int P = 2 * G, count = 4 * G;  // two pages per call: the page change is exercised
+            std::vector<uint16_t> rows((size_t)count * H * d);
+            for (size_t b = 0; b < rows.size() / 32; b++) {
+              const int kind = (int)(rng() % 8);
+              const double scale = std::ldexp(1.0, (int)(rng() % 30) - 20), c = gauss(rng) * scale;
+              for (int e = 0; e < 32; e++) {
+                double x = gauss(rng) * scale;
+                if (kind == 1) x = c;                                      // constant
+                if (kind == 2) x = 0;                                      // all zero
+                if (kind == 3) x = (rng() & 1) ? c : -c;                   // one magnitude, both signs
+                if (kind == 4) x = gauss(rng) * 1e-6;                      // subnormal halves
+                if (kind == 5) x = (rng() & 1 ? 1 : -1) * (60000.0 + 5000.0 * (double)(rng() % 1000) / 1000.0);  // near overflow
+                if (kind == 6) x = std::pow(gauss(rng), 3) * scale * 50;   // heavy tail
+                rows[b * 32 + e] = doubleToHalfSaturate(x);
+              }
+            }
+            std::vector<float> f((size_t)H * d);
+            for (auto& v : f) v = (float)std::exp(gauss(rng) * 2.0);
+            const size_t region = (size_t)P * d * 4;  // bytes per (page, head) for codes, and again for scales / zeros
+            struct Ctx { uint8_t *codes, *scales, *zeros; size_t region; int H; };
+            auto run = [&](const cpu::Kernels& k, std::vector<uint8_t>& codes, std::vector<uint8_t>& scales, std::vector<uint8_t>& zeros) {
+              codes.assign(2 * H * region, 0xA5);
+              scales.assign(2 * H * region, 0xA5);
+              zeros.assign(2 * H * region, 0xA5);
+              Ctx ctx{codes.data(), scales.data(), zeros.data(), region, H};
+              cpu::QuantizeHeadJob job{};
+              job.rows = rows.data();
+              job.ld = (size_t)H * d;
+              job.d = d;
+              job.count = count;
+              job.firstQuantized = 0;
+              job.pageTokens = P;
+              job.norm = norm ? f.data() : nullptr;
+              job.format = MatrixFormat{orientation, bits, G, mode};
+              job.ctx = &ctx;
+              job.pageRef = [](const void* p, int page, int kh) {
+                const Ctx& c = *static_cast<const Ctx*>(p);
+                const size_t at = ((size_t)page * c.H + kh) * c.region;
+                cpu::QuantRef r;
+                r.codes = c.codes + at;
+                r.scales = (const uint16_t*)(c.scales + at);
+                r.zeros = (const uint16_t*)(c.zeros + at);
+                return r;
+              };
+              for (int kh = 0; kh < H; kh++) {
+                job.kh = kh;
+                k.quantizeHead(job);
+              }
+            };
+            std::vector<uint8_t> c0, s0, z0, c1, s1, z1;
+            run(ref, c0, s0, z0);
+            // the reference itself must have written something: not all poison
+            CHECK(std::count(s0.begin(), s0.end(), (uint8_t)0xA5) < (long)s0.size(), "portable quantizeHead wrote no scales");
+            for (const cpu::Kernels* k : tables) {
+              run(*k, c1, s1, z1);
+              CHECK(c1 == c0 && s1 == s0 && z1 == z0, "%s quantizeHead differs from portable: orientation %d bits %d G %d mode %d norm %d",
+                    k->name, orientation, bits, G, mode, (int)norm);
+            }
+          }
+}
+
 int main(int argc, char** argv) {
   const unsigned long seed = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 12345;
   std::mt19937_64 rng(seed);
@@ -578,6 +704,9 @@ int main(int argc, char** argv) {
     const int before = checks;
     checkActivationQuantizers(direct, rng);
     std::printf("activation quantizers: %zu table(s) bit-identical to portable, %d checks\n", direct.size(), checks - before);
+    const int beforeQ = checks;
+    checkQuantizeHeads(direct, rng);
+    std::printf("quantizeHead: %zu table(s) byte-identical to portable over 144 formats, %d checks\n", direct.size(), checks - beforeQ);
   }
   auto runAll = [&](const Config& cf, uint64_t configSeed, const char* label) {
     for (Backend* b : tables) {
