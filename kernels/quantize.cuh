@@ -21,12 +21,12 @@ struct QuantParams {
 
 __device__ __forceinline__ double warpMaxD(double v) {
 IQ_UNROLL
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = maxOrdered(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ double warpMinD(double v) {
 IQ_UNROLL
-  for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(kFullMask, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = minOrdered(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ double warpSumD(double v) {  // exact for the sums involved: order-free
@@ -46,9 +46,9 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
   IQ_UNROLL
   for (int k = 0; k < kMaxBlocksPerGroup; k++) {  // fully unrolled + guarded: x[] stays in registers
     if (k >= blocks) break;
-    maxAbs = fmax(maxAbs, fabs(x[k]));
-    lo = fmin(lo, x[k]);
-    hi = fmax(hi, x[k]);
+    maxAbs = maxOrdered(maxAbs, fabs(x[k]));  // signed zeros as Math.min / Math.max (quantizer.cuh)
+    lo = minOrdered(lo, x[k]);
+    hi = maxOrdered(hi, x[k]);
   }
   maxAbs = warpMaxD(maxAbs);
   lo = warpMinD(lo);

@@ -27,6 +27,23 @@ IQ_HD int roundClamp(double v, int lo, int hi) {
   return (int)r;
 }
 
+// Minimum and maximum with JavaScript's Math.min / Math.max semantics for non-NaN doubles: -0 is below +0 whatever
+// the order. fmin / fmax leave the sign of an equal pair of zeros unspecified (glibc's minsd returns the later
+// operand), and the sign of `lo` becomes the sign of an asymmetric group's stored zero point, so a group holding +0
+// and -0 at its minimum stored 0x0000 on the cpu against the reference's 0x8000. Plain comparisons, so the host
+// compilers inline them (fmin / fmax were library calls at the x86-64 baseline).
+IQ_HD bool signBitOf(double a) {
+#if defined(__CUDA_ARCH__)
+  return __double_as_longlong(a) < 0;
+#else
+  int64_t bits;
+  memcpy(&bits, &a, sizeof bits);
+  return bits < 0;
+#endif
+}
+IQ_HD double minOrdered(double a, double b) { return a < b || (a == b && signBitOf(a)) ? a : b; }
+IQ_HD double maxOrdered(double a, double b) { return a > b || (a == b && !signBitOf(a)) ? a : b; }
+
 // The quantizer is built from per-group parameter functions and per-element code functions, so that a
 // host loop (quantizeGroup below) and a warp-cooperative GPU kernel (reductions by shuffle) compose the same
 // arithmetic. Reductions involved are max/min (order-free) and exact double sums (order-free).
@@ -66,9 +83,9 @@ IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n,
   double maxAbs = 0, lo = 0, hi = 0;
   for (int i = 0; i < n; i++) {
     x[i] = halfToDouble(src[i * stride]);
-    maxAbs = fmax(maxAbs, fabs(x[i]));
-    lo = i ? fmin(lo, x[i]) : x[i];
-    hi = i ? fmax(hi, x[i]) : x[i];
+    maxAbs = maxOrdered(maxAbs, fabs(x[i]));
+    lo = i ? minOrdered(lo, x[i]) : x[i];
+    hi = i ? maxOrdered(hi, x[i]) : x[i];
   }
   bool constantMagnitude = true;
   for (int i = 0; i < n; i++)

@@ -213,6 +213,34 @@ describe('KVCache on every backend', () => {
     for (const [label, w] of worst) console.log(`${label} ${preset}: worst row error after prefill ${w.toExponential(2)}`);
   });
 
+  // A group whose minimum is zero and holds both +0 and -0: the reference (Math.min) takes -0 whatever the order,
+  // so the stored zero point is -0 (0x8000) on every backend, never the sign of whichever zero came last.
+  test.each(PRESET_NAMES.map((p) => [p]))('%s: groups of signed zeros store the reference bytes', (preset) => {
+    const r = rng(seed ^ 0x5a11);
+    const headDim = 64, tokens = 300, qHeads = KV_HEADS * 4, n = tokens * KV_HEADS * headDim;
+    const keys = new Float32Array(n), values = new Float32Array(n);
+    for (const m of [keys, values]) {
+      for (let i = 0; i < n; i++) {
+        const u = r();
+        m[i] = u < 0.35 ? 0 : u < 0.7 ? -0 : u < 0.85 ? 0.25 + r() : -(0.25 + r());
+      }
+      // whole groups of nothing but +0 / -0, in both orders, and one-signed groups with zeros
+      for (let i = 0; i < 2 * headDim; i++) m[i] = i % 2 ? -0 : 0;
+      for (let i = 2 * headDim; i < 4 * headDim; i++) m[i] = i % 2 ? 0 : -0;
+      for (let i = 4 * headDim; i < 6 * headDim; i++) m[i] = i % 3 === 0 ? -0 : i % 3 === 1 ? 0 : 1 + r();
+    }
+    const state = cacheState(configFor(preset), historyFor(keys, values, headDim, tokens));
+    const query = randomVector(r, qHeads * headDim);
+    let e: Expected | undefined;
+    for (const { label, cache } of make(preset, qHeads, headDim, 512)) {
+      cache.prefill(0, keys, values);
+      e ??= expect_(state, query, qHeads, cache.options.pageTokens, cache.kernelInfo().ringCapacity, preset.startsWith('innerq'));
+      checkLayout(cache, e, `${label} ${preset} signed zeros`);
+      checkAttend(cache, e, usesInt8(label, preset), `${label} ${preset} signed zeros`);
+      cache.dispose();
+    }
+  });
+
   test.each(PRESET_NAMES.map((p, i) => [p, i]))('%s: attend and layout after each of 300 appends', (preset, i) => {
     const r = rng(seed ^ ((i as number) + 1) * 104729);
     const { ratio, headDim } = SHAPES[(i as number) % SHAPES.length];
