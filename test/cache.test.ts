@@ -189,6 +189,20 @@ describe('KVCache on every backend', () => {
   const seed = testSeed('cache.test');
   const make = (preset: PresetName, qHeads: number, headDim: number, maxTokens: number) =>
     cases.map(({ label, options }) => ({ label, cache: new KVCache({ layers: 1, qHeads, kvHeads: KV_HEADS, headDim, maxTokens, preset, ...options }) }));
+  /** Prefill one history on every backend; check each cache's layout and attend against one reference. Row error per backend. */
+  const prefillAndCheck = (preset: PresetName, qHeads: number, headDim: number, maxTokens: number, keys: Float32Array, values: Float32Array,
+    state: CacheState, query: Float32Array, what: string): Map<string, number> => {
+    const errors = new Map<string, number>();
+    let e: Expected | undefined;
+    for (const { label, cache } of make(preset, qHeads, headDim, maxTokens)) {
+      cache.prefill(0, keys, values);
+      e ??= expect_(state, query, qHeads, cache.options.pageTokens, cache.kernelInfo().ringCapacity, preset.startsWith('innerq'));
+      errors.set(label, checkAttend(cache, e, usesInt8(label, preset), `${label} ${preset} ${what}`));
+      checkLayout(cache, e, `${label} ${preset} ${what}`);
+      cache.dispose();
+    }
+    return errors;
+  };
 
   test.each(PRESET_NAMES.map((p) => [p]))('%s: attend and layout after prefills of 1..1000 tokens, GQA 1/4/8, d 64/128', (preset) => {
     const r = rng(seed ^ preset.length * 7919);
@@ -199,15 +213,8 @@ describe('KVCache on every backend', () => {
         const { keys, values } = randomKV(r, prefill, KV_HEADS, headDim);
         const state = cacheState(configFor(preset), historyFor(keys, values, headDim, prefill));
         const query = randomVector(r, qHeads * headDim);
-        let e: Expected | undefined;
-        for (const { label, cache } of make(preset, qHeads, headDim, 2048)) {
-          cache.prefill(0, keys, values);
-          e ??= expect_(state, query, qHeads, cache.options.pageTokens, cache.kernelInfo().ringCapacity, preset.startsWith('innerq'));
-          const what = `${label} ${preset} r=${ratio} d=${headDim} prefill=${prefill}`;
-          worst.set(label, Math.max(worst.get(label) ?? 0, checkAttend(cache, e, usesInt8(label, preset), what)));
-          checkLayout(cache, e, what);
-          cache.dispose();
-        }
+        const errors = prefillAndCheck(preset, qHeads, headDim, 2048, keys, values, state, query, `r=${ratio} d=${headDim} prefill=${prefill}`);
+        for (const [label, err] of errors) worst.set(label, Math.max(worst.get(label) ?? 0, err));
       }
     }
     for (const [label, w] of worst) console.log(`${label} ${preset}: worst row error after prefill ${w.toExponential(2)}`);
@@ -230,15 +237,7 @@ describe('KVCache on every backend', () => {
       for (let i = 4 * headDim; i < 6 * headDim; i++) m[i] = i % 3 === 0 ? -0 : i % 3 === 1 ? 0 : 1 + r();
     }
     const state = cacheState(configFor(preset), historyFor(keys, values, headDim, tokens));
-    const query = randomVector(r, qHeads * headDim);
-    let e: Expected | undefined;
-    for (const { label, cache } of make(preset, qHeads, headDim, 512)) {
-      cache.prefill(0, keys, values);
-      e ??= expect_(state, query, qHeads, cache.options.pageTokens, cache.kernelInfo().ringCapacity, preset.startsWith('innerq'));
-      checkLayout(cache, e, `${label} ${preset} signed zeros`);
-      checkAttend(cache, e, usesInt8(label, preset), `${label} ${preset} signed zeros`);
-      cache.dispose();
-    }
+    prefillAndCheck(preset, qHeads, headDim, 512, keys, values, state, randomVector(r, qHeads * headDim), 'signed zeros');
   });
 
   test.each(PRESET_NAMES.map((p, i) => [p, i]))('%s: attend and layout after each of 300 appends', (preset, i) => {
