@@ -630,6 +630,7 @@ static void checkQuantizeHeads(const std::vector<const cpu::Kernels*>& tables, s
                 if (kind == 4) x = gauss(rng) * 1e-6;                      // subnormal halves
                 if (kind == 5) x = (rng() & 1 ? 1 : -1) * (60000.0 + 5000.0 * (double)(rng() % 1000) / 1000.0);  // near overflow
                 if (kind == 6) x = std::pow(gauss(rng), 3) * scale * 50;   // heavy tail
+                if (kind == 7) x = rng() % 3 == 0 ? -0.0 : rng() % 2 ? 0.0 : std::fabs(gauss(rng)) * scale;  // +-0 at the minimum
                 rows[b * 32 + e] = doubleToHalfSaturate(x);
               }
             }
