@@ -61,11 +61,9 @@ __device__ __forceinline__ void warpQuantizeGroup(const double* x, int blocks, i
     if (a != 0 && a != maxAbs) mine = false;
   }
   const bool constantMagnitude = __all_sync(kFullMask, mine);
-  const uint16_t symScale = symmetricScale(maxAbs, constantMagnitude, bits);
-  const uint16_t asymZero = asymmetricZero(lo);
-  const double ss = halfToDouble(symScale), za = halfToDouble(asymZero);
-  const uint16_t asymScale = asymmetricScale(hi, za, bits);
-  const double sa = halfToDouble(asymScale);
+  const GroupCandidates c = groupCandidates(maxAbs, constantMagnitude, lo, hi, bits);
+  const uint16_t symScale = c.symScale, asymZero = c.asymZero, asymScale = c.asymScale;
+  const double ss = c.ss, za = c.za, sa = c.sa;
   bool asym = mode == kAsym;
   if (mode == kHybrid) {
     double l1s = 0, l1a = 0;

@@ -74,6 +74,23 @@ IQ_HD int asymmetricCode(double x, double s, double z, int bits) {
 }
 IQ_HD double asymmetricValue(int u, double s, double z) { return s * u + z; }
 
+// Both candidate parameter sets of a group, from its statistics (max |x|, whether every nonzero |x| equals it,
+// min, max). The host loop below, the warp-cooperative GPU kernel and the cpu's vector quantizer all call this.
+struct GroupCandidates {
+  uint16_t symScale, asymZero, asymScale;  // binary16 bits
+  double ss, za, sa;                        // the same values as doubles
+};
+IQ_HD GroupCandidates groupCandidates(double maxAbs, bool constantMagnitude, double lo, double hi, int bits) {
+  GroupCandidates c;
+  c.symScale = symmetricScale(maxAbs, constantMagnitude, bits);
+  c.asymZero = asymmetricZero(lo);
+  c.ss = halfToDouble(c.symScale);
+  c.za = halfToDouble(c.asymZero);
+  c.asymScale = asymmetricScale(hi, c.za, bits);
+  c.sa = halfToDouble(c.asymScale);
+  return c;
+}
+
 // Quantize one group of n (= G) fp16 values read with a stride (in elements). Writes n unpacked codes.
 // Hybrid keeps the asymmetric result only when its L1 error is strictly smaller (ties go to symmetric).
 IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n, int bits, int mode, uint8_t* u) {
@@ -92,11 +109,9 @@ IQ_HD QuantizedGroup quantizeGroup(const uint16_t* src, ptrdiff_t stride, int n,
     if (x[i] != 0 && fabs(x[i]) != maxAbs) constantMagnitude = false;
   QuantizedGroup q;
   q.zero = 0;
-  const uint16_t symScale = symmetricScale(maxAbs, constantMagnitude, bits);
-  const uint16_t asymZero = asymmetricZero(lo);
-  const double ss = halfToDouble(symScale), za = halfToDouble(asymZero);
-  const uint16_t asymScale = asymmetricScale(hi, za, bits);
-  const double sa = halfToDouble(asymScale);
+  const GroupCandidates c = groupCandidates(maxAbs, constantMagnitude, lo, hi, bits);
+  const uint16_t symScale = c.symScale, asymZero = c.asymZero, asymScale = c.asymScale;
+  const double ss = c.ss, za = c.za, sa = c.sa;
   if (mode == kSym) {
     for (int i = 0; i < n; i++) u[i] = (uint8_t)symmetricCode(x[i], ss, bits);
     q.scale = symScale;

@@ -100,11 +100,9 @@ static inline QuantizedGroup quantizeGroupAvx512(const uint16_t* src, int n, int
   }
   QuantizedGroup q;
   q.zero = 0;
-  const uint16_t symScale = symmetricScale(maxAbs, constantMagnitude, bits);
-  const uint16_t asymZero = asymmetricZero(lo);
-  const double ss = halfToDouble(symScale), za = halfToDouble(asymZero);
-  const uint16_t asymScale = asymmetricScale(hi, za, bits);
-  const double sa = halfToDouble(asymScale);
+  const GroupCandidates c = groupCandidates(maxAbs, constantMagnitude, lo, hi, bits);
+  const uint16_t symScale = c.symScale, asymZero = c.asymZero, asymScale = c.asymScale;
+  const double ss = c.ss, za = c.za, sa = c.sa;
   const int qmax = symMaxLevel(bits), off = symOffset(bits), amax = asymMaxCode(bits);
   const __m512d half = _mm512_set1_pd(0.5);
   // roundClamp(v / s, lo, hi) + add for 8 lanes; s == 0 gives `add` + 0 (the scalar code's s > 0 test)
