@@ -2,11 +2,11 @@
 // binary16), quantize every group with THE shared scalar quantizer (kernels/quantizer.cuh: double arithmetic,
 // bit-exact with the TypeScript reference and the CUDA kernels) and pack the codes into the page.
 //
-// Each kernels_*.cpp includes this file, so each instruction-set table compiles it with its own flags. At the
-// x86-64 baseline floor, ceil, fmin and fmax are library calls and the double arithmetic runs on SSE2; with
-// -mavx2 / -mavx512* they are single instructions and the element loops vectorize (2.2x faster measured on the
-// AVX-512 VM). The function is static and `flatten` inlines every callee into it, so no out-of-line copy of the
-// quantizer's inline functions compiled with AVX flags exists that the linker could pick for baseline code.
+// Each kernels_*.cpp includes this file, so each instruction-set table compiles it with its own flags: at the
+// x86-64 baseline floor and ceil are library calls; with -mavx2 they are single instructions, F16C normalizes the
+// keys 4 at a time (normalizeKeys), and the AVX-512 table quantizes 8 doubles per vector (quantizeGroupAvx512).
+// The functions are static and `flatten` inlines every callee, so no out-of-line copy of the quantizer's inline
+// functions compiled with AVX flags exists that the linker could pick for baseline code.
 // FMA contraction cannot change a result: every product the quantizer forms (scale x code, half x 2^k) is exact.
 #pragma once
 #include <cstring>
@@ -66,7 +66,7 @@ static inline void normalizeKeys(const uint16_t* src, const float* f, int n, uin
 //  - codes: x / s and (x - z) / s are correctly rounded divisions, + 0.5 a correctly rounded add, then floor and
 //    clamp, exactly roundClamp; x - z is exact (both are multiples of 2^-24 below 2^17);
 //  - the L1 errors of hybrid groups are sums of exact terms (scale x code is exact), so any order gives the same sum.
-// The per-group parameters (scales rounded up or down to binary16) use the scalar functions of quantizer.cuh.
+// The per-group parameters (scales rounded up or down to binary16) come from quantizer.cuh's groupCandidates.
 static inline QuantizedGroup quantizeGroupAvx512(const uint16_t* src, int n, int bits, int mode, uint8_t* u) {
   __m512d x[16];
   const int nv = n / 8;
@@ -191,7 +191,8 @@ static __attribute__((flatten)) void quantizeHeadRows(const QuantizeHeadJob& job
       }
     } else {  // kColGrouped: groups of G tokens of one channel
       const int gb = groupBytes(f.bits, f.groupSize), tg = slot / f.groupSize;
-      // transposed so that each channel's G tokens are contiguous: [d][G]
+      // transposed so that each channel's G tokens are contiguous, [d][G], as quantizeGroupAvx512 reads them
+      // (a copy of G x d halves per token group: small next to the quantization itself)
       for (int t = 0; t < G; t++)
         for (int j = 0; j < d; j++) cols[(size_t)j * G + t] = tmp[(size_t)t * d + j];
       for (int j = 0; j < d; j++) {
