@@ -12,6 +12,10 @@
 // (forward, reversed, reshuffled every round): kernel results must not depend on it, and a missing barrier
 // shows up as a difference or as a poisoned value.
 //
+// Stream order: copies and memsets are deferred as on a device (see "stream order" below): they run when something
+// waits for their stream, so a host that reads a download before synchronizing, or a kernel on a non-blocking
+// stream that reads what a legacy-stream cudaMemcpy wrote, sees the old bytes, as the GPU can.
+//
 // Build with -fno-strict-aliasing (kernels type-pun uint4 and half2; g++ -O2 otherwise miscompiles them).
 // Context switch: a hand-written x86-64 switch (callee-saved registers + MXCSR/x87 control word; about 10 ns)
 // or glibc ucontext elsewhere (correct but ~0.5 us per switch: swapcontext makes a sigprocmask syscall).
@@ -30,6 +34,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -150,8 +155,11 @@ enum cudaMemcpyKind : int {
 };
 enum cudaDeviceAttr : int { cudaDevAttrMaxSharedMemoryPerBlock = 8, cudaDevAttrMultiProcessorCount = 16 };
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-struct CUstream_st { int unused; };
-struct CUevent_st { double ms; };
+struct CUstream_st;
+struct CUevent_st {
+  double ms;
+  CUstream_st* stream;  // where it was last recorded (nullptr: the legacy default stream)
+};
 typedef CUstream_st* cudaStream_t;
 typedef CUevent_st* cudaEvent_t;
 #define cudaStreamNonBlocking 0x01
@@ -189,6 +197,52 @@ inline bool isDevicePointer(const void* p, size_t bytes = 1) {
   return a >= it->first && a + bytes <= it->first + it->second;
 }
 inline size_t liveDeviceBytes() { std::lock_guard<std::mutex> g(registry().mu); return registry().liveBytes; }
+
+// ------------------------------------------------ stream order
+// A device runs a stream's copies, memsets and kernels in order, but later than the host issues them, and streams
+// created cudaStreamNonBlocking do not order against the legacy default stream at all. The emulator models the
+// part of this that host code can get wrong:
+//  - cudaMemcpyAsync / cudaMemsetAsync, and the "synchronous" cudaMemcpy host-to-device and device-to-device and
+//    cudaMemset (which the runtime may return from before the DMA lands), are queued on their stream (cudaMemcpy
+//    and cudaMemset on the legacy stream). A host-to-device copy takes its source bytes at the call, as the
+//    runtime stages pageable memory.
+//  - A queue runs, in order, when something waits for it: cudaStreamSynchronize, cudaEventSynchronize of an
+//    event recorded on it, cudaDeviceSynchronize, cudaFree and cudaStreamDestroy (which drain everything), a
+//    device-to-host cudaMemcpy (legacy), and a kernel launched on the same stream (kernels run at launch, after
+//    their stream's earlier work). Streams created without cudaStreamNonBlocking share the legacy queue, which
+//    orders them with it (and, more strictly than a device, with each other).
+//  - Nothing else runs a queue: a kernel on a non-blocking stream does not wait for legacy-stream copies, and a
+//    download is not in host memory until its stream is synchronized.
+// So a missing synchronization shows up as stale or poisoned data in a test instead of only on a real GPU.
+struct StreamQueue {
+  std::vector<std::function<void()>> ops;
+};
+inline std::recursive_mutex& streamMutex() { static std::recursive_mutex m; return m; }
+inline StreamQueue& legacyQueue() { static StreamQueue q; return q; }
+inline std::vector<StreamQueue*>& nonBlockingQueues() { static std::vector<StreamQueue*> v; return v; }
+}  // namespace cudasim
+struct CUstream_st {
+  bool nonBlocking;
+  cudasim::StreamQueue queue;
+};
+namespace cudasim {
+inline StreamQueue& queueOf(cudaStream_t s) { return s && s->nonBlocking ? s->queue : legacyQueue(); }
+inline void drain(StreamQueue& q) {
+  std::lock_guard<std::recursive_mutex> g(streamMutex());
+  std::vector<std::function<void()>> ops;
+  ops.swap(q.ops);
+  for (auto& op : ops) op();
+}
+inline void drainStream(cudaStream_t s) { drain(queueOf(s)); }
+inline void drainAll() {
+  std::lock_guard<std::recursive_mutex> g(streamMutex());
+  drain(legacyQueue());
+  for (StreamQueue* q : nonBlockingQueues()) drain(*q);
+}
+inline void enqueue(cudaStream_t s, std::function<void()> op) {
+  std::lock_guard<std::recursive_mutex> g(streamMutex());
+  queueOf(s).ops.push_back(std::move(op));
+}
 
 // Sticky launch error and its detailed message (the runtime keeps the error code; we add the reason).
 struct ErrorState { cudaError_t sticky = cudaSuccess, last = cudaSuccess; std::string message; };
@@ -562,7 +616,8 @@ inline unsigned char* dynamicShared() { return detail::tlsBlock.dynShared; }
 // Run a grid: blocks one after another on the calling OS thread (block order is irrelevant to a correct
 // kernel; blocks never synchronise with each other). A detected error ends the launch, sets the sticky error
 // cudaErrorLaunchFailure with the reason in lastMessage(), or throws when config().throwOnError.
-inline void launch(dim3 grid, dim3 block, size_t dynSharedBytes, cudaStream_t, const std::function<void()>& body) {
+inline void launch(dim3 grid, dim3 block, size_t dynSharedBytes, cudaStream_t stream, const std::function<void()>& body) {
+  drainStream(stream);  // the stream's earlier copies and memsets land before its kernel runs (stream order)
   const size_t n = (size_t)block.x * block.y * block.z;
   try {
     if (n == 0 || n > 1024) detail::fail("invalid block size " + std::to_string(n));
@@ -645,7 +700,7 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
-// ---------------------------------------------------------------- runtime API (host memory, synchronous)
+// ---------------------------------------------------------------- runtime API (host memory; copies in stream order)
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
@@ -674,6 +729,7 @@ template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
 inline cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
+  cudasim::drainAll();  // cudaFree synchronizes the device: queued copies into p complete first
   cudasim::Registry& r = cudasim::registry();
   std::lock_guard<std::mutex> g(r.mu);
   auto it = r.blocks.find((uintptr_t)p);
@@ -686,9 +742,11 @@ inline cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+namespace cudasim {
+// Checks a copy's direction against the registry; queues it on `stream` (a host source is read now).
+inline cudaError_t queueCopy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream, const char* api) {
   if (bytes == 0) return cudaSuccess;
-  const bool dstDev = cudasim::isDevicePointer(dst, bytes), srcDev = cudasim::isDevicePointer(src, bytes);
+  const bool dstDev = isDevicePointer(dst, bytes), srcDev = isDevicePointer(src, bytes);
   bool ok = true;
   switch (kind) {
     case cudaMemcpyHostToDevice: ok = dstDev && !srcDev; break;
@@ -698,39 +756,83 @@ inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemc
     default: break;
   }
   if (!ok) {
-    cudasim::setError(cudaErrorInvalidValue, "cudasim: cudaMemcpy direction " + std::to_string((int)kind) +
-                                                 " does not match the pointers (device dst " + std::to_string(dstDev) +
-                                                 ", device src " + std::to_string(srcDev) + ", " + std::to_string(bytes) + " bytes)");
+    setError(cudaErrorInvalidValue, std::string("cudasim: ") + api + " direction " + std::to_string((int)kind) +
+                                        " does not match the pointers (device dst " + std::to_string(dstDev) +
+                                        ", device src " + std::to_string(srcDev) + ", " + std::to_string(bytes) + " bytes)");
     return cudaErrorInvalidValue;
   }
-  std::memmove(dst, src, bytes);
+  if (!srcDev) {  // staged at the call, like pageable memory
+    auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char*)src, (const unsigned char*)src + bytes);
+    enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    enqueue(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t = nullptr) {
-  return cudaMemcpy(dst, src, bytes, kind);
-}
-inline cudaError_t cudaMemset(void* p, int v, size_t bytes) {
-  if (bytes && !cudasim::isDevicePointer(p, bytes)) {
-    cudasim::setError(cudaErrorInvalidValue, "cudasim: cudaMemset on memory that is not emulated device memory");
+inline cudaError_t queueMemset(void* p, int v, size_t bytes, cudaStream_t stream) {
+  if (bytes && !isDevicePointer(p, bytes)) {
+    setError(cudaErrorInvalidValue, "cudasim: cudaMemset on memory that is not emulated device memory");
     return cudaErrorInvalidValue;
   }
-  std::memset(p, v, bytes);
+  if (bytes) enqueue(stream, [p, v, bytes] { std::memset(p, v, bytes); });
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t = nullptr) { return cudaMemset(p, v, bytes); }
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st{0}; return cudaSuccess; }
-inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudasim::errorState().sticky; }
-inline cudaError_t cudaDeviceSynchronize() { return cudasim::errorState().sticky; }
+}  // namespace cudasim
+// On the legacy default stream. Only a download returns with its data in place; an upload or a device copy may
+// still be in flight (see "stream order").
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  const cudaError_t e = cudasim::queueCopy(dst, src, bytes, kind, nullptr, "cudaMemcpy");
+  if (e == cudaSuccess && (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost)) cudasim::drainStream(nullptr);
+  return e;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s = nullptr) {
+  return cudasim::queueCopy(dst, src, bytes, kind, s, "cudaMemcpyAsync");
+}
+inline cudaError_t cudaMemset(void* p, int v, size_t bytes) { return cudasim::queueMemset(p, v, bytes, nullptr); }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s = nullptr) {
+  return cudasim::queueMemset(p, v, bytes, s);
+}
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  *s = new CUstream_st{(flags & cudaStreamNonBlocking) != 0, {}};
+  if ((*s)->nonBlocking) {
+    std::lock_guard<std::recursive_mutex> g(cudasim::streamMutex());
+    cudasim::nonBlockingQueues().push_back(&(*s)->queue);
+  }
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (!s) return cudaErrorInvalidValue;
+  cudasim::drainStream(s);  // work already queued still completes
+  {
+    std::lock_guard<std::recursive_mutex> g(cudasim::streamMutex());
+    auto& v = cudasim::nonBlockingQueues();
+    v.erase(std::remove(v.begin(), v.end(), &s->queue), v.end());
+  }
+  delete s;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  cudasim::drainStream(s);
+  return cudasim::errorState().sticky;
+}
+inline cudaError_t cudaDeviceSynchronize() {
+  cudasim::drainAll();
+  return cudasim::errorState().sticky;
+}
 // Events measure host wall time: meaningless as GPU timings, but they let benchmark code run end to end.
-inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0}; return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0, nullptr}; return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
   e->ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  e->stream = s;
   return cudaSuccess;
 }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+// Waits for everything queued on the event's stream (also what was queued after the record: stricter than a device).
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  cudasim::drainStream(e->stream);
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)(b->ms - a->ms); return cudaSuccess; }
 inline cudaError_t cudaGetLastError() {
   cudasim::ErrorState& s = cudasim::errorState();

@@ -3,7 +3,9 @@
 //   * attention: randomized shapes and formats vs an fp64 reference over the dequantized cache;
 //   * thread orders forward / reversed / shuffled give bit-identical outputs;
 //   * planted bugs (missing __syncthreads, out-of-range shuffle lanes, divergent barrier, deadlock, host
-//     pointer passed as device memory) are detected: the harness can fail.
+//     pointer passed as device memory) are detected: the harness can fail;
+//   * stream order: a legacy-stream upload is not seen by a kernel on a non-blocking stream, and a download is not
+//     in host memory, until something waits for the stream (the race the first run on a real GPU found).
 // Build and run: scripts/sim-tests.sh [seed] [cases]
 #ifndef INNERQ_SIM
 #define INNERQ_SIM 1
@@ -432,6 +434,62 @@ static void testPlantedBugs() {
   std::printf("planted bugs: missing __syncthreads, out-of-mask lane, absent lanes, divergent barrier, deadlock: checked\n");
 }
 
+// What a kernel saw of src when it ran.
+__global__ void copyFloats(const float* src, float* dst, int n) {
+  const int i = threadIdx.x;
+  if (i < n) dst[i] = src[i];
+}
+
+static void testStreamOrder() {
+  const int n = 64;
+  float *a = nullptr, *b = nullptr;
+  cudaMalloc(&a, n * 4);
+  cudaMalloc(&b, n * 4);
+  cudaStream_t s = nullptr;
+  cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  std::vector<float> host(n), back(n);
+  for (int i = 0; i < n; i++) host[i] = (float)(i + 1);
+  auto same = [&](const std::vector<float>& x) { return std::memcmp(x.data(), host.data(), n * 4) == 0; };
+  // 1. An upload with cudaMemcpy (legacy stream), then a kernel on a non-blocking stream: nothing orders them.
+  cudaMemcpy(a, host.data(), n * 4, cudaMemcpyHostToDevice);
+  IQ_LAUNCH(copyFloats, dim3(1), dim3(n), 0, s, a, b, n);
+  cudaMemcpyAsync(back.data(), b, n * 4, cudaMemcpyDeviceToHost, s);
+  cudaStreamSynchronize(s);
+  EXPECT(!same(back), "a kernel on a non-blocking stream saw a legacy-stream upload that nothing waited for");
+  // 2. Once the device is synchronized, the upload has landed.
+  cudaDeviceSynchronize();
+  IQ_LAUNCH(copyFloats, dim3(1), dim3(n), 0, s, a, b, n);
+  cudaMemcpyAsync(back.data(), b, n * 4, cudaMemcpyDeviceToHost, s);
+  cudaStreamSynchronize(s);
+  EXPECT(same(back), "upload missing after cudaDeviceSynchronize");
+  // 3. A download is not in host memory before its stream is synchronized.
+  std::fill(back.begin(), back.end(), -1.f);
+  cudaMemcpyAsync(back.data(), a, n * 4, cudaMemcpyDeviceToHost, s);
+  EXPECT(back[0] == -1.f && back[n - 1] == -1.f, "an asynchronous download landed before anything waited for it");
+  cudaEvent_t e = nullptr;
+  cudaEventCreate(&e);
+  cudaEventRecord(e, s);
+  cudaEventSynchronize(e);
+  EXPECT(same(back), "download missing after cudaEventSynchronize");
+  // 4. In one stream, an upload (staged at the call: the host buffer may change at once) precedes the kernel.
+  std::vector<float> src = host;
+  for (int i = 0; i < n; i++) src[i] = -host[i];
+  cudaMemcpyAsync(a, src.data(), n * 4, cudaMemcpyHostToDevice, s);
+  src.assign(n, 0.f);
+  IQ_LAUNCH(copyFloats, dim3(1), dim3(n), 0, s, a, b, n);
+  cudaMemcpyAsync(back.data(), b, n * 4, cudaMemcpyDeviceToHost, s);
+  cudaStreamSynchronize(s);
+  bool negated = true;
+  for (int i = 0; i < n; i++) negated &= back[i] == -host[i];
+  EXPECT(negated, "same-stream upload -> kernel -> download out of order");
+  EXPECT(cudaGetLastError() == cudaSuccess, "stream-order test raised an error: %s", cudasim::lastMessage().c_str());
+  cudaEventDestroy(e);
+  cudaStreamDestroy(s);
+  cudaFree(a);
+  cudaFree(b);
+  std::printf("stream order: legacy upload vs non-blocking kernel, unsynchronized download, same-stream order: checked\n");
+}
+
 static void testHostPointerDetected(Backend* be) {
   // A host pointer where device rows belong: the sim reports it instead of reading host memory silently.
   const int d = 64, P = 128;
@@ -460,6 +518,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Backend> fwd = makeSimBackend(0, seed), rev = makeSimBackend(1, seed), shuf = makeSimBackend(2, seed);
   Backend* all[3] = {fwd.get(), rev.get(), shuf.get()};
   testPlantedBugs();
+  testStreamOrder();
   testHostPointerDetected(fwd.get());
   testQuantize(fwd.get(), cases * 2);
   testAttention(all, 3, cases);
