@@ -1,6 +1,7 @@
 // build-sync.test.ts - binding.gyp (the CPU-only node-gyp build) must compile the same C++ sources as
 // CMakeLists.txt's cpu build: the binding, the engine and the cpu backend. Adding a file to one and not
 // the other fails here.
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -27,7 +28,8 @@ test('CMakeLists.txt globs the folders this test assumes', () => {
 test('the CUDA backend copies only on its own stream (no legacy-stream cudaMemcpy / cudaMemset)', () => {
   // device_backend.cu's stream_ is cudaStreamNonBlocking: a synchronous cudaMemcpy runs on the legacy default
   // stream, is not ordered with it, and returns from pageable memory before its DMA lands. On an H200 that let a
-  // prefill's quantize kernel read rows that had not arrived. The sim executes copies at once and cannot show it.
+  // prefill's quantize kernel read rows that had not arrived. The sim now defers copies to stream order and shows it
+  // only on the paths the tests run; this check covers every call site.
   const files = ['csrc/cuda', 'kernels'].flatMap((dir) =>
     fs.readdirSync(path.join(root, dir)).filter((f) => /\.(cu|cuh)$/.test(f)).map((f) => path.join(root, dir, f)));
   expect(files.length).toBeGreaterThan(3);
@@ -39,4 +41,33 @@ test('the CUDA backend copies only on its own stream (no legacy-stream cudaMemcp
     });
   }
   expect(offenders).toEqual([]);
+});
+
+test('the AVX objects define no weak symbols that the linker could pick for portable code', () => {
+  // kernels_avx2.cpp / kernels_avx512.cpp are compiled with -mavx2 (-mavx512*) and run only after cpuFeatures() said
+  // yes. An inline function of a shared header (fp16.cuh, quantizer.cuh, ...) that such a file leaves out of line is
+  // a weak (COMDAT) symbol, and the linker keeps ONE copy for the whole addon, possibly the AVX one: the portable
+  // path would then execute AVX instructions on a CPU without them. The shipped -O3 build inlines everything (checked
+  // here on the objects `npm install` built); a -O0 build of kernels_avx2.cpp has 80+ such symbols, e.g.
+  // innerq::minOrdered(double, double).
+  const objects: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (/^kernels_avx(2|512)(\.cpp)?\.o$/.test(e.name)) objects.push(p);
+    }
+  };
+  const build = path.join(root, 'build');
+  if (fs.existsSync(build)) walk(build);
+  if (objects.length === 0) throw new Error('no kernels_avx2/kernels_avx512 objects under build/: build the addon first (npm install)');
+  const weak: string[] = [];
+  for (const o of objects) {
+    const out = execFileSync('nm', ['-C', '--defined-only', o], { encoding: 'utf8' });
+    for (const line of out.split('\n')) {
+      const m = /^[0-9a-f]+ ([WVu]) (.*)$/.exec(line);
+      if (m && !m[2].startsWith('DW.ref.')) weak.push(`${path.relative(root, o)}: ${m[1]} ${m[2]}`);
+    }
+  }
+  expect(weak).toEqual([]);
 });
