@@ -97,14 +97,32 @@ struct KeyChunk<3> {
   __m512i Q[2];  // Q[0]: high planes of tokens 0..3 as dwords 4t + b, Q[1]: tokens 4..7
   template <int ROW>
   void load(const uint8_t* row) {
-    __m512i R[8];
-    for (int i = 0; i < 8; i++) R[i] = _mm512_maskz_loadu_epi32(0x0fff, row + i * ROW);  // masked: never reads past the row
-    const __m512i loIdx = _mm512_setr_epi32(0, 1, 3, 4, 6, 7, 9, 10, 16, 17, 19, 20, 22, 23, 25, 26);
-    const __m512i hiIdx = _mm512_setr_epi32(2, 5, 8, 11, 18, 21, 24, 27, 2, 5, 8, 11, 18, 21, 24, 27);
     __m512i L[4], Hp[4];
-    for (int i = 0; i < 4; i++) {
-      L[i] = _mm512_permutex2var_epi32(R[2 * i], loIdx, R[2 * i + 1]);   // tokens 2i, 2i+1: 2-bit planes as 2-bit rows
-      Hp[i] = _mm512_permutex2var_epi32(R[2 * i], hiIdx, R[2 * i + 1]);  // dwords 0..7: high planes of tokens 2i, 2i+1
+    if (ROW == 48) {
+      // d = 128: the 8 rows are 384 contiguous bytes, read as 6 plain vectors (no masked loads: fewer load ops, and
+      // the hardware prefetcher sees an ordinary sequential stream). Rows 2i, 2i+1 are dwords 24i .. 24i+23 of that
+      // array, i.e. lanes o .. o+23 of (V[a], V[a+1]) with a = 24i / 16 and o = 24i % 16 (0 or 8); the indices below
+      // are the masked path's loIdx/hiIdx with row 2i+1 starting at lane 12 instead of 16, shifted by o.
+      __m512i V[6];
+      for (int k = 0; k < 6; k++) V[k] = _mm512_loadu_si512(row + 64 * k);
+      const __m512i lo0 = _mm512_setr_epi32(0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22);
+      const __m512i hi0 = _mm512_setr_epi32(2, 5, 8, 11, 14, 17, 20, 23, 2, 5, 8, 11, 14, 17, 20, 23);
+      const __m512i eight = _mm512_set1_epi32(8);
+      for (int i = 0; i < 4; i++) {
+        const int a = 24 * i / 16;
+        const __m512i lo = (i & 1) ? _mm512_add_epi32(lo0, eight) : lo0, hi = (i & 1) ? _mm512_add_epi32(hi0, eight) : hi0;
+        L[i] = _mm512_permutex2var_epi32(V[a], lo, V[a + 1]);   // tokens 2i, 2i+1: 2-bit planes as 2-bit rows
+        Hp[i] = _mm512_permutex2var_epi32(V[a], hi, V[a + 1]);  // dwords 0..7: high planes of tokens 2i, 2i+1
+      }
+    } else {
+      __m512i R[8];
+      for (int i = 0; i < 8; i++) R[i] = _mm512_maskz_loadu_epi32(0x0fff, row + i * ROW);  // masked: never reads past the row
+      const __m512i loIdx = _mm512_setr_epi32(0, 1, 3, 4, 6, 7, 9, 10, 16, 17, 19, 20, 22, 23, 25, 26);
+      const __m512i hiIdx = _mm512_setr_epi32(2, 5, 8, 11, 18, 21, 24, 27, 2, 5, 8, 11, 18, 21, 24, 27);
+      for (int i = 0; i < 4; i++) {
+        L[i] = _mm512_permutex2var_epi32(R[2 * i], loIdx, R[2 * i + 1]);
+        Hp[i] = _mm512_permutex2var_epi32(R[2 * i], hiIdx, R[2 * i + 1]);
+      }
     }
     lo.fromTokenPairs(L);
     const __m512i iq = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
@@ -441,12 +459,16 @@ void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float
                                     _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(m.zeros + gi))));
         for (int h = 0; h < R; h++) {
           const uint8_t* pk = p.q + h * p.ldq + (size_t)tg * 32;
-          __m512i D = _mm512_setzero_si512();
-          for (int k = 0; k < 8; k++) {
-            int32_t w;
+          // two dependency chains of 4 (vpdpbusd latency 4): ~5% faster cache-resident than one chain of 8
+          __m512i D = _mm512_setzero_si512(), D2 = _mm512_setzero_si512();
+          for (int k = 0; k < 8; k += 2) {
+            int32_t w, w2;
             std::memcpy(&w, pk + 4 * k, 4);
+            std::memcpy(&w2, pk + 4 * k + 4, 4);
             D = _mm512_dpbusd_epi32(D, _mm512_set1_epi32(w), cv[k]);  // weights unsigned, codes signed
+            D2 = _mm512_dpbusd_epi32(D2, _mm512_set1_epi32(w2), cv[k + 1]);
           }
+          D = _mm512_add_epi32(D, D2);
           const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(D), _mm512_set1_ps(p.sigma[h * p.lds + tg]));
           acc[h] = _mm512_fmadd_ps(x, a, acc[h]);
           acc[h] = _mm512_fmadd_ps(bz, _mm512_set1_ps(p.sigmaSum[h * p.lds + tg]), acc[h]);
