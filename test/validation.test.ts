@@ -125,6 +125,22 @@ describe('KVCache methods', () => {
     cache.prefill(1, new Float32Array(n).fill(0.5), shared.fill(0.25));  // finite long inputs pass
     expect(cache.length(1)).toBe(64);
     cache.reset(1);
+    // the edges of the scan's exponent arithmetic: the largest finite magnitudes (and -0, subnormals) pass; the
+    // largest NaN bit patterns (all ones, either sign) are found
+    const edge = new Float32Array(n);
+    for (let i = 0; i < n; i++) edge[i] = [3.4028234663852886e38, -3.4028234663852886e38, -0, 1e-45][i % 4];
+    const edgeHalf = new Uint16Array(n).map((_, i) => [0x7bff, 0xfbff, 0x8000, 0x0001][i % 4]);
+    cache.prefill(1, edge, edgeHalf);
+    expect(cache.length(1)).toBe(64);
+    cache.reset(1);
+    const bits = new Uint32Array(n);
+    bits[3000] = 0xffffffff;
+    bits[3001] = 0x7fffffff;
+    expect(() => cache.prefill(1, new Float32Array(bits.buffer), new Float32Array(n))).toThrow(/received NaN at index 3000 of type number/);
+    const halfNaN = new Uint16Array(n);
+    halfNaN[6000] = 0xffff;
+    expect(() => cache.prefill(1, new Uint16Array(n), halfNaN)).toThrow(/received NaN \(0xffff\) at index 6000 of type number/);
+    expect(cache.length(1)).toBe(0);
   });
 
   test('attend', () => {
