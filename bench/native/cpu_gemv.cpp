@@ -1,5 +1,5 @@
 // cpu_gemv.cpp - micro-benchmark of the CPU backend's decode GEMVs (not a test). Build with
-// test/native/cpu/build.sh, run:   build-cpu/cpu_gemv [threads=2] [tokens=16384] [sweeps=15] [simd=1]
+// test/native/cpu/build.sh, run:   build-cpu/cpu_gemv [threads=2] [tokens=16384] [sweeps=15] [kernels=2: 0 portable, 1 avx2, 2 best]
 //
 // Shape (DESIGN §3): 8 kv heads x 4 query heads each, head_dim 128, sink 32 + quantized pages + fp16 ring tail.
 // One layer is quantized with quantizeRows, its pages are copied into as many layers as needed for the working set
@@ -60,13 +60,13 @@ int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   const int T = argc > 2 ? std::atoi(argv[2]) : 16384;
   const int sweeps = argc > 3 ? std::atoi(argv[3]) : 15;
-  const bool simd = argc > 4 ? std::atoi(argv[4]) != 0 : true;
+  const int table = argc > 4 ? std::atoi(argv[4]) : 2;  // CpuKernels: 0 portable, 1 avx2, 2 best
   const int kvH = 8, r = 4, qH = kvH * r, d = 128, S = 32;
   // page tokens: KVCache's default pageTokens (256) unless CPU_GEMV_PAGE says otherwise
   const int P = std::getenv("CPU_GEMV_PAGE") ? std::atoi(std::getenv("CPU_GEMV_PAGE")) : 256;
   const int quant = (T - S - 96) / 128 * 128;  // quantized tokens; the rest (>= 96) is the fp16 ring tail
   const int ringCap = ((T - S - quant) + 127) / 128 * 128;
-  auto backend = makeCpuBackend(threads, simd);
+  auto backend = makeCpuBackend(threads, (CpuKernels)(table < 0 ? 0 : table > 2 ? 2 : table));
   Backend& b = *backend;
   const CpuFeatures feat = cpuFeatures();
   std::printf("cpu_gemv: tokens %d (sink %d, quantized %d, ring %d), pages of %d tokens, kv heads %d x %d query heads, d %d, "

@@ -414,7 +414,11 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
 
 template <int BITS, bool ZEROS, int R>
 void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
-  constexpr int bb = avxBlockBytes(BITS), kTile = 8;  // token groups per tile
+  // Token groups per tile: a tile's codes and the next tile's (prefetched during this one) must sit in L1 together
+  // (32 KiB): 8 groups of 4-bit codes at d = 128 are 16 KiB, twice that overflowed L1 and ran the 4-bit value GEMV at
+  // 13 GB/s; 2 groups (64 tokens, at most 8 KiB per tile at d = 256) ran it at 21 GB/s (cpu_gemv, 16k tokens; 1 and
+  // 4 groups were within noise of 2, and 2- and 3-bit values gained 10-15 %).
+  constexpr int bb = avxBlockBytes(BITS), kTile = 2;
   const float off = (float)avxSymOffset(BITS);
   // Accumulators [head][chunk of 16 channels]: registers within a tile, L1 between tiles.
   alignas(64) float accMem[R * kMaxHeadDim];
@@ -561,11 +565,13 @@ void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, i
   for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
 }
 
-// Weighted sum: as kernels_avx2.cpp's wsumFp16T (token tiles, two-level summation, next tile prefetched row by row
+// Weighted sum: as kernels_avx2.cpp's wsumFp16T (token tiles, per-tile partial sums, next tile prefetched row by row
 // during the first channel pass), with CV vectors of 16 channels x HB heads of accumulators in registers.
 template <int HB, int CV>
 void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out, const uint16_t* next) {
-  constexpr int kTile = 64;
+  // 8 tokens per tile, as in kernels_avx2.cpp (64-token tiles overflowed L1 together with the prefetched next tile:
+  // 18.5 GB/s, 8-token tiles 27 GB/s; cpu_gemv, 16k tokens).
+  constexpr int kTile = 8;
   for (int i0 = 0; i0 < n; i0 += kTile) {
     const int i1 = i0 + kTile < n ? i0 + kTile : n;
     for (int j = 0; j < d; j += 16 * CV) {
