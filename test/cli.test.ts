@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { syntheticKV } from '../lib/synthetic';
+import { backends } from '../lib/backends';
 
 const ROOT = path.resolve(__dirname, '..');
 const MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -76,7 +77,7 @@ afterAll(() => {
 describe('help and info', () => {
   test.each([
     [['--help'], ['bench', 'eval', 'info']],
-    [['bench', '--help'], ['--presets', '--backend', '--context', '--layers', '--q-heads', '--kv-heads', '--head-dim', '--quick', '--json', '--markdown', '--svg', '--quiet']],
+    [['bench', '--help'], ['--presets', '--backend', '--kernels', '--context', '--layers', '--q-heads', '--kv-heads', '--head-dim', '--quick', '--json', '--markdown', '--svg', '--quiet']],
     [['eval', '--help'], ['--kv', '--values', '--seed', '--no-ablations', '--outliers', '--value-dof', '--json']],
     [['info', '--help'], ['--json']],
   ])('%j', (args, words) => {
@@ -134,6 +135,23 @@ describe('bench', () => {
     expect(s).toContain('<svg');
     expect(s).toContain('</svg>');
     expect(s).toContain('polyline');
+  });
+
+  test('--kernels picks the cpu kernel table of every cpu row', () => {
+    const info = backends();
+    for (const [flag, table] of [['portable', 'portable'], ['avx2', info.cpu.simdKernels ? 'avx2' : 'portable']]) {
+      const json = path.join(dir, `bench-${flag}.json`);
+      const r = cli(['bench', '--quick', '--quiet', '--kernels', flag, '--presets', 'fp16,innerq', '--layers', '1', '--q-heads', '4', '--kv-heads', '2',
+        '--head-dim', '64', '--context', '256', '--resident-context', '128', '--working-set', '1', '--time', '5', '--min-iterations', '1', '--no-gemv',
+        '--json', json]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const j = JSON.parse(fs.readFileSync(json, 'utf8'));
+      expect(j.parameters.kernels).toBe(flag);
+      expect(j.rows.length).toBeGreaterThan(0);
+      for (const row of j.rows) expect(row.kernels).toBe(table);
+      expect(r.stdout).toContain(`cpu/${table}`);
+    }
   });
 });
 
@@ -209,6 +227,7 @@ describe('bad input: one line on stderr, exit code 2, no stack trace', () => {
     [['bench', '--presets', 'innerq,zip'], "unknown preset 'zip'"],
     [['bench', '--context', '12x'], '--context must be an integer'],
     [['bench', '--backend', 'tpu'], "unknown backend 'tpu'"],
+    [['bench', '--kernels', 'avx512'], "--kernels must be best, avx2 or portable, got 'avx512'"],
     [['bench', '--layers', '1024', '--all-layers', '--context', '4000000', '--presets', 'fp16'], 'would need about'],
     [['eval', '--kv', '/nonexistent/keys.npy', '--values', '/nonexistent/v.npy'], 'cannot read /nonexistent/keys.npy: no such file'],
     [['eval', '--kv', 'keys.npy'], 'needs --values'],

@@ -21,6 +21,8 @@ export interface BenchParams {
   headDim: number;
   /** cpu worker threads of the main rows (0 = all cores) */
   threads: number;
+  /** cpu kernel table (KVCache's simd option: best = true, avx2 = 'avx2', portable = false) */
+  kernels: 'best' | 'avx2' | 'portable';
   quick: boolean;
   /** minimum distinct cache memory per preset, MiB */
   workingSetMiB: number;
@@ -238,6 +240,12 @@ async function timeTasks(p: BenchParams, tasks: Array<{ name: string; fn: () => 
   return out;
 }
 
+/** KVCache's simd option for the cpu backend's caches (the other backends ignore it: left unset). */
+function simdOption(p: BenchParams, backend: string): boolean | 'avx2' | undefined {
+  if (backend !== 'cpu') return undefined;
+  return p.kernels === 'avx2' ? 'avx2' : p.kernels !== 'portable';
+}
+
 /** The fraction of the cache's bytes one GEMV reads (keys or values), estimated from the formats' bits. */
 function matrixShare(preset: PresetName, which: 'key' | 'value'): number {
   const b = nominalBits(preset);
@@ -252,7 +260,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
   // validate shapes and backends before allocating anything (the facade's messages are already clear)
   for (const backend of resolved) {
     for (const preset of p.presets) {
-      const c = new KVCache({ layers: 1, qHeads: p.qHeads, kvHeads: p.kvHeads, headDim: p.headDim, maxTokens: 1, preset, backend, threads: p.threads || undefined });
+      const c = new KVCache({ layers: 1, qHeads: p.qHeads, kvHeads: p.kvHeads, headDim: p.headDim, maxTokens: 1, preset, backend, threads: p.threads || undefined, simd: simdOption(p, backend) });
       c.dispose();
     }
   }
@@ -299,7 +307,7 @@ export async function runBench(p: BenchParams, progress: Progress): Promise<Benc
   const out = new Float32Array(p.qHeads * p.headDim);
 
   const build = (preset: PresetName, backend: 'cpu' | 'cuda' | 'sim', context: number, distinct: number, data: Uint16Array, threads?: number): KVCache => {
-    const cache = new KVCache({ layers: distinct, qHeads: p.qHeads, kvHeads: p.kvHeads, headDim: p.headDim, maxTokens: context, preset, backend, threads });
+    const cache = new KVCache({ layers: distinct, qHeads: p.qHeads, kvHeads: p.kvHeads, headDim: p.headDim, maxTokens: context, preset, backend, threads, simd: simdOption(p, backend) });
     const t0 = Date.now();
     for (let l = 0; l < distinct; l++) cache.prefill(l, data, data);
     progress.say(`  filled ${preset} on ${backend}${threads ? ` (${threads} thread)` : ''}: ${distinct} layer(s) × ${context} tokens, ${humanBytes(cache.stats().bytes.held)} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);

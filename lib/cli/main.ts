@@ -60,6 +60,10 @@ function benchCommand(): Command {
     .option('--kv-heads <n>', 'key/value heads (default 8)', positiveInt('--kv-heads', 256))
     .option('--head-dim <n>', 'head dimension (default 128)', positiveInt('--head-dim', 256))
     .option('--threads <n>', 'cpu worker threads for the main rows (default: all cores)', positiveInt('--threads', 256))
+    .option('--kernels <table>', "cpu kernel table: best (AVX-512 VNNI when the CPU has it, else AVX2), avx2 (what a CPU without AVX-512 runs) or portable (default best)", (raw: string) => {
+      if (raw === 'best' || raw === 'avx2' || raw === 'portable') return raw;
+      throw new CliError(`innerq: --kernels must be best, avx2 or portable, got '${raw}'`);
+    })
     .option('--quick', 'a short run: context 4096, 64 MiB working set, 300 ms per task')
     .option('--working-set <MiB>', 'distinct cache memory per preset that a step rotates over (default 96; --quick 64)', positiveInt('--working-set', 1 << 20))
     .option('--all-layers', 'fill every layer with its own memory (the full model cache; slow to fill, needs the memory)')
@@ -85,6 +89,7 @@ function benchCommand(): Command {
       kvHeads: o.kvHeads ?? 8,
       headDim: o.headDim ?? 128,
       threads: o.threads ?? 0,
+      kernels: o.kernels ?? 'best',
       quick,
       workingSetMiB: o.workingSet ?? (quick ? 64 : 96),
       allLayers: !!o.allLayers,
