@@ -101,7 +101,7 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
 }
 
 // Fast InnerQ paths for G = 32 (defined below, after the generic kernels).
-template <int BITS>
+template <int BITS, bool ZEROS>
 void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds);
 template <int BITS>
 void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out);
@@ -155,9 +155,10 @@ void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t
 void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
   if (f.groupSize == 32 && d % 128 == 0) {
-    if (f.bits == 2) return scoresRowI8Fast<2>(m, d, t0, t1, q, r, s, lds);
-    if (f.bits == 3) return scoresRowI8Fast<3>(m, d, t0, t1, q, r, s, lds);
-    if (f.bits == 4) return scoresRowI8Fast<4>(m, d, t0, t1, q, r, s, lds);
+    const bool z = m.zeros != nullptr;
+    if (f.bits == 2) return z ? scoresRowI8Fast<2, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<2, false>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 3) return z ? scoresRowI8Fast<3, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<3, false>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 4) return z ? scoresRowI8Fast<4, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<4, false>(m, d, t0, t1, q, r, s, lds);
   }
   switch (f.bits) {
     case 2: return scoresRowI8T<2>(m, f, d, t0, t1, q, r, s, lds);
@@ -315,11 +316,15 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
 
 // Keys: 8 tokens per step, processed as 4 token pairs; per pair and quad of groups one hadd gives the 8
 // (token, group) dot products; after 4 pairs, a small hadd tree sums each token's groups.
-template <int BITS>
+// Symmetric-only matrices (ZEROS = false) have bz = -2^(b-1) * a, so a*sigma*D + bz*sigmaSum = a*sigma*(D - 2^(b-1)*S)
+// with S the integer sum of the query slice's codes: the offset is added to D as an integer (any ALU port) instead
+// of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck: llvm-mca, znver3).
+template <int BITS, bool ZEROS>
 void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
   const int n = d / 32, nq = n / 4, bb = avxBlockBytes(BITS), rowBytes = n * bb;
   alignas(32) int8_t act[kMaxHeadBlock * 2 * 4 * 32];
   alignas(32) float sg[kMaxHeadBlock * 2 * 8], sS[kMaxHeadBlock * 2 * 8];
+  alignas(32) int32_t symStart[kMaxHeadBlock * 2 * 8];  // -2^(b-1) * S per lane (ZEROS = false)
   for (int h = 0; h < r; h++)
     for (int qd = 0; qd < nq; qd++) {
       for (int k = 0; k < 4; k++)
@@ -330,6 +335,9 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
         const int g = 4 * qd + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
         sg[(h * nq + qd) * 8 + i] = q.sigma[h * q.lds + g];
         sS[(h * nq + qd) * 8 + i] = q.sigmaSum[h * q.lds + g];
+        int sum = 0;
+        for (int e = 0; e < 32; e++) sum += q.q[h * q.ldq + g * 32 + e];
+        symStart[(h * nq + qd) * 8 + i] = -avxSymOffset(BITS) * sum;
       }
     }
   const __m128i hperm = halfPermMask<BITS>();
@@ -367,9 +375,11 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
         loadQuad<BITS>(m.codes + (size_t)tc * rowBytes + (size_t)qd * 4 * bb, cc);
         for (int h = 0; h < r; h++) {
           const __m256i* A = (const __m256i*)(act + (h * nq + qd) * 128);
-          const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A)));
+          __m256i Di = _mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A));
+          if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)(symStart + (h * nq + qd) * 8)));
+          const __m256 D = _mm256_cvtepi32_ps(Di);
           acc[h] = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_load_ps(sg + (h * nq + qd) * 8)), acc[h]);
-          acc[h] = _mm256_fmadd_ps(bz, _mm256_load_ps(sS + (h * nq + qd) * 8), acc[h]);
+          if (ZEROS) acc[h] = _mm256_fmadd_ps(bz, _mm256_load_ps(sS + (h * nq + qd) * 8), acc[h]);
         }
       }
       for (int h = 0; h < r; h++) _mm256_store_ps(pairAcc[h][p], acc[h]);
