@@ -335,9 +335,11 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
         const int g = 4 * qd + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
         sg[(h * nq + qd) * 8 + i] = q.sigma[h * q.lds + g];
         sS[(h * nq + qd) * 8 + i] = q.sigmaSum[h * q.lds + g];
-        int sum = 0;
-        for (int e = 0; e < 32; e++) sum += q.q[h * q.ldq + g * 32 + e];
-        symStart[(h * nq + qd) * 8 + i] = -avxSymOffset(BITS) * sum;
+        if (!ZEROS) {  // the matrices with zero points use sigmaSum instead
+          int sum = 0;
+          for (int e = 0; e < 32; e++) sum += q.q[h * q.ldq + g * 32 + e];
+          symStart[(h * nq + qd) * 8 + i] = -avxSymOffset(BITS) * sum;
+        }
       }
     }
   const __m128i hperm = halfPermMask<BITS>();
