@@ -503,10 +503,15 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
       const int q0 = (a0 > S ? a0 : S) - S, q1 = (a1 < S + v.quantizedValues ? a1 : S + v.quantizedValues) - S;
       for (int h = 0; h < r; h++) {
         float* sh = s + (size_t)h * T;
-        z[h] = k_->softmaxExp(sh + a0, a1 - a0, &mx[h]);
-        if (i8 && q1 > q0) {
+        if (i8 && q1 > q0) {  // the quantized tokens' weights go straight to u8 codes
           const size_t at = (size_t)h * pLd + q0;
-          k_->quantizeU8(sh + S + q0, q1 - q0, w.q.p + at, w.sigma.p + at / 32, w.sigmaSum.p + at / 32);
+          const int qa = S + q0 - a0, qn = q1 - q0;
+          uint8_t* qq = w.q.p + at;
+          float *sg = w.sigma.p + at / 32, *sS = w.sigmaSum.p + at / 32;
+          z[h] = k_->softmaxExpU8 ? k_->softmaxExpU8(sh + a0, a1 - a0, qa, qn, &mx[h], qq, sg, sS)
+                                  : softmaxExpU8Composed(*k_, sh + a0, a1 - a0, qa, qn, &mx[h], qq, sg, sS);
+        } else {
+          z[h] = k_->softmaxExp(sh + a0, a1 - a0, &mx[h]);
         }
       }
       std::memset(o, 0, sizeof(float) * r * d);

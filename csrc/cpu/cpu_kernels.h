@@ -99,7 +99,20 @@ struct Kernels {
   void (*quantizeU8)(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum);
   // Prefill / append quantization of one kv head (the shared scalar quantizer, compiled with this table's flags).
   void (*quantizeHead)(const QuantizeHeadJob& job);
+  // softmaxExp(s, n, maxOut) and then quantizeU8(s + qa, qn, q, sigma, sigmaSum) in one go (0 <= qa, qa + qn <= n,
+  // qn a multiple of 32), except that s[qa, qa + qn) is left unspecified: those weights exist only as u8 codes.
+  // Returns Σ exp over all n. The codes may differ from the composition by one where exp rounds differently.
+  // nullptr in tables without a fused version: the caller composes the two (softmaxExpU8Composed).
+  float (*softmaxExpU8)(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, float* sigma, float* sigmaSum);
 };
+
+// softmaxExpU8 for any table: its softmaxExp, then its quantizeU8.
+inline float softmaxExpU8Composed(const Kernels& k, float* s, int n, int qa, int qn, float* maxOut, uint8_t* q,
+                                  float* sigma, float* sigmaSum) {
+  const float z = k.softmaxExp(s, n, maxOut);
+  if (qn > 0) k.quantizeU8(s + qa, qn, q, sigma, sigmaSum);
+  return z;
+}
 
 const Kernels& portableKernels();
 const Kernels& avx2Kernels();  // only call when the CPU has AVX2, FMA and F16C

@@ -15,7 +15,8 @@
 //        weights: max/255) (derivation in kernels_avx2.cpp /
 //        cpu_backend.h): sigma*qi_j - x_j is at most sigma/2 per element, the integer dot product is exact.
 //  - the activation quantizers (quantizeI8, quantizeU8) of every table are bit-identical to the portable ones
-//    (codes, sigma, sigmaSum), so the int8 bounds above describe every table;
+//    (codes, sigma, sigmaSum), so the int8 bounds above describe every table; softmaxExp and the fused
+//    softmaxExpU8 of every table against fp64 (weights, sums, u8 codes; bounds in checkSoftmax);
 //  - attend: float paths relative 1e-5 as above; InnerQ: with B = max_t |score error bound|, softmax weights move
 //    by at most a factor e^{±2B}, so |o_j - o_ref_j| <= (e^{2B} - 1) Σ_t p_t |V_tj| + value int8 bound + 1e-5 Σ.
 // Outputs are poisoned with NaN before every call.
@@ -553,6 +554,99 @@ static void checkActivationQuantizers(const std::vector<const cpu::Kernels*>& ta
   }
 }
 
+// softmaxExp and softmaxExpU8 of every table (the fused one where a table has it, else the composition attend uses)
+// against fp64, on rows with a wide spread of scores: whole slices far below the maximum (weights under the 1e-36
+// cut and under exp's -86 flush), ties, lengths and quantized ranges at every alignment. Bounds: each weight within
+// kExpRel (relative) of exp of the same float difference s - max (the subtraction's own rounding is the caller's);
+// the sum within 1e-6; sigma within 1e-6 of (largest exact weight of the slice) / 255; codes within 0.5 + 1e-3 of
+// exact weight / sigma (rounding plus the exp error); sigmaSum = sigma * Σ codes. Weights under 1e-37 (1e-37 of the
+// row maximum's) may come out as 0: the exp kernels flush below e^-86 or e^-87. Worst errors are reported.
+static void checkSoftmax(const std::vector<const cpu::Kernels*>& tables, std::mt19937_64& rng) {
+  constexpr double kExpRel = 4e-7;
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (const cpu::Kernels* k : tables) {
+    double worstExp = 0, worstSum = 0, worstCode = 0;
+    for (int n : {1, 7, 32, 33, 100, 512, 545, 1000, 16 * 32 * 3 + 5 * 32 + 9}) {
+      for (int trial = 0; trial < 6; trial++) {
+        std::vector<float> x(n);
+        const float spread = trial % 3 == 0 ? 1.0f : trial % 3 == 1 ? 8.0f : 40.0f;
+        for (int i = 0; i < n; i++) x[i] = g(rng) * spread + 3.0f;
+        for (int i = 0; i + 32 <= n; i += 32)  // some slices far below the rest (weights ~e^-90 .. e^-200)
+          if (rng() % 5 == 0) for (int e = 0; e < 32; e++) x[i + e] -= 90.0f + (float)(rng() % 110);
+        if (trial == 5) for (int i = 0; i < n; i += 3) x[i] = x[0];  // ties with the first element
+        const float mxRef = *std::max_element(x.begin(), x.end());
+        std::vector<double> w(n);
+        double zRef = 0;
+        for (int i = 0; i < n; i++) zRef += (w[i] = std::exp((double)(x[i] - mxRef)));
+        const auto weightOk = [&](float got, int i) {  // relative kExpRel, or ~0 where the exact weight is < 1e-37
+          if (w[i] < 1e-37) return got >= 0.0f && got < 1e-36f;
+          const double e = std::fabs(got - w[i]) / w[i];
+          worstExp = std::max(worstExp, e);
+          return e <= kExpRel;
+        };
+        // softmaxExp
+        std::vector<float> s(x);
+        float mx = NAN;
+        const float z = k->softmaxExp(s.data(), n, &mx);
+        CHECK(mx == mxRef, "%s softmaxExp max %g, expected %g (n %d)", k->name, mx, mxRef, n);
+        worstSum = std::max(worstSum, std::fabs(z - zRef) / zRef);
+        CHECK(std::fabs(z - zRef) <= 1e-6 * zRef, "%s softmaxExp sum %.9g, fp64 %.9g (n %d)", k->name, z, zRef, n);
+        int bad = 0;
+        for (int i = 0; i < n; i++) bad += !weightOk(s[i], i);
+        CHECK(bad == 0, "%s softmaxExp: %d weights off by more than %g (n %d, spread %g)", k->name, bad, kExpRel, n, spread);
+        // softmaxExpU8 over [qa, qa + qn) for a few placements
+        for (int qa : {0, 1, 5, 32, 37}) {
+          for (int slices : {0, 1, 3, 16, 17, 40}) {
+            const int qn = 32 * slices;
+            if (qa + qn > n || (qn == 0 && qa > 0)) continue;
+            std::vector<uint8_t> q(qn + 1, 0xAB);
+            std::vector<float> sg(slices + 1, NAN), sS(slices + 1, NAN);
+            std::vector<float> t(x);
+            float m2 = NAN;
+            const float z2 = k->softmaxExpU8 ? k->softmaxExpU8(t.data(), n, qa, qn, &m2, q.data(), sg.data(), sS.data())
+                                             : cpu::softmaxExpU8Composed(*k, t.data(), n, qa, qn, &m2, q.data(), sg.data(), sS.data());
+            CHECK(m2 == mxRef, "%s softmaxExpU8 max %g, expected %g", k->name, m2, mxRef);
+            worstSum = std::max(worstSum, std::fabs(z2 - zRef) / zRef);
+            CHECK(std::fabs(z2 - zRef) <= 1e-6 * zRef, "%s softmaxExpU8 sum %.9g, fp64 %.9g (n %d qa %d qn %d)", k->name, z2, zRef, n, qa, qn);
+            bad = 0;
+            for (int i = 0; i < n; i++)
+              if (i < qa || i >= qa + qn) bad += !weightOk(t[i], i);
+            CHECK(bad == 0, "%s softmaxExpU8: %d window weights off (n %d qa %d qn %d)", k->name, bad, n, qa, qn);
+            for (int sl = 0; sl < slices; sl++) {
+              double top = 0;
+              for (int e = 0; e < 32; e++) top = std::max(top, w[qa + 32 * sl + e]);
+              if (std::fabs(top - 1e-36) < 1e-41) continue;  // at the zero-slice cut either answer is right
+              if (top <= 1e-36) {
+                bool zero = sg[sl] == 0.0f && sS[sl] == 0.0f;
+                for (int e = 0; e < 32; e++) zero = zero && q[32 * sl + e] == 0;
+                CHECK(zero, "%s softmaxExpU8: slice %d with top weight %g not zero (sigma %g)", k->name, sl, top, sg[sl]);
+                continue;
+              }
+              CHECK(std::fabs(sg[sl] - top / 255) <= 1e-6 * top / 255, "%s softmaxExpU8: slice %d sigma %.9g, expected %.9g",
+                    k->name, sl, sg[sl], top / 255);
+              int codeSum = 0;
+              double worst = 0;
+              for (int e = 0; e < 32; e++) {
+                codeSum += q[32 * sl + e];
+                // a weight under 1e-37 may be flushed to 0 (as weightOk allows): next to the row maximum's weight 1
+                // that is nothing, but in a slice whose top is barely above the 1e-36 cut it is worth a few codes
+                const double we = w[qa + 32 * sl + e], exact = we / (top / 255), slack = we < 1e-37 ? exact : 0.0;
+                worst = std::max(worst, std::max(0.0, std::fabs(q[32 * sl + e] - exact) - slack));
+              }
+              worstCode = std::max(worstCode, worst);
+              CHECK(worst <= 0.5 + 1e-3, "%s softmaxExpU8: slice %d code off by %.4f", k->name, sl, worst);
+              CHECK(sS[sl] == sg[sl] * (float)codeSum, "%s softmaxExpU8: slice %d sigmaSum %.9g != sigma * %d", k->name, sl, sS[sl], codeSum);
+            }
+            CHECK(q[qn] == 0xAB && std::isnan(sg[slices]), "%s softmaxExpU8 wrote past its %d slices", k->name, slices);
+          }
+        }
+      }
+    }
+    std::printf("softmax (%s%s): worst weight rel error %.2e (limit %.0e), sum %.2e (limit 1e-6), code %.4f (limit 0.501)\n",
+                k->name, k->softmaxExpU8 ? ", fused u8" : "", worstExp, kExpRel, worstSum, worstCode);
+  }
+}
+
 // quantizeHead (quantize_head.h) is one source compiled with each table's flags: every table must write the same
 // page bytes as the portable one (which runs the quantizer at the x86-64 baseline), for every format, with and
 // without key normalization, on data with constant, zero, sign-symmetric, subnormal and near-overflow groups.
@@ -707,6 +801,9 @@ int main(int argc, char** argv) {
     std::printf("activation quantizers: %zu table(s) bit-identical to portable, %d checks\n", direct.size(), checks - before);
     const int beforeQ = checks;
     checkQuantizeHeads(direct, rng);
+    direct.push_back(&cpu::portableKernels());
+    std::mt19937_64 softmaxRng(seed * 31 + 7);  // its own stream: the configs below see the same data as without it
+    checkSoftmax(direct, softmaxRng);
     std::printf("quantizeHead: %zu table(s) byte-identical to portable over 144 formats, %d checks\n", direct.size(), checks - beforeQ);
   }
   auto runAll = [&](const Config& cf, uint64_t configSeed, const char* label) {
