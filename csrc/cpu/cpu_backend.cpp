@@ -3,7 +3,8 @@
 // attend() for one layer: items = (kv head, token chunk), about 16 per thread. Each item runs scores -> softmax ->
 // u8 weights -> value sums for the r query heads of its kv head over its chunk (one pass over the codes serves all
 // r), and leaves partial sums with the chunk's score maximum and exp sum; the caller merges the chunks. Chunk
-// boundaries lie at S + k*C with C a multiple of 128, so they never split a token group of any G.
+// boundaries lie at S + k*C (the last head's tail pieces at S + k*C + j*Cs) with C and Cs multiples of 128,
+// so they never split a token group of any G.
 // keyScores()/valueSum() (the separate GEMVs that the tests and the bench call) run as two parallel phases over the
 // same kind of items (fewer and larger): key scores into the caller's [qHeads][T] array; value sums, each item
 // writing a private partial [r][d] that the caller merges.
@@ -147,10 +148,23 @@ struct AlignedBuf {  // grow-only 64-byte aligned scratch
   }
 };
 
+// A kv head's tokens in perHead chunks of C tokens after the sink (the first chunk also takes the sink, the last
+// runs to the end). Items are (kv head, chunk) in head-major order. With Cs > 0 (attend), the LAST head's last chunk
+// is cut into pieces of Cs tokens, so that the final items handed out are small (see taperedChunking).
 struct Chunking {
   int perHead, C;
-  int lo(const LayerView& v, int c) const { return c == 0 ? 0 : v.sinkCapacity + c * C; }
-  int hi(const LayerView& v, int c) const { return c == perHead - 1 ? v.tokens : v.sinkCapacity + (c + 1) * C; }
+  int Cs = 0, lastHeadChunks = 0;
+  int chunks(const LayerView& v, int kh) const { return Cs && kh == v.kvHeads - 1 ? lastHeadChunks : perHead; }
+  int items(const LayerView& v) const { return (v.kvHeads - 1) * perHead + chunks(v, v.kvHeads - 1); }
+  int firstItem(int kh) const { return kh * perHead; }
+  int head(const LayerView& v, int item) const { return item / perHead < v.kvHeads - 1 ? item / perHead : v.kvHeads - 1; }
+  int start(const LayerView& v, int kh, int c) const {
+    return Cs && kh == v.kvHeads - 1 && c >= perHead - 1 ? (perHead - 1) * C + (c - perHead + 1) * Cs : c * C;
+  }
+  int lo(const LayerView& v, int kh, int c) const { return c == 0 ? 0 : v.sinkCapacity + start(v, kh, c); }
+  int hi(const LayerView& v, int kh, int c) const {
+    return c == chunks(v, kh) - 1 ? v.tokens : v.sinkCapacity + start(v, kh, c + 1);
+  }
 };
 
 class CpuBackend final : public Backend {
@@ -187,6 +201,7 @@ class CpuBackend final : public Backend {
  private:
   static bool supported(const LayerView& v);
   Chunking chunking(const LayerView& v, int itemsPerThread, int minTokens) const;
+  Chunking taperedChunking(const LayerView& v) const;
   void prepareQuery(const LayerView& v, const float* query);
   struct ProbsI8 {  // the weights quantized to UNSIGNED 8 bits (quantizeU8)
     const uint8_t* q;
@@ -240,6 +255,20 @@ Chunking CpuBackend::chunking(const LayerView& v, int itemsPerThread, int minTok
   // Rounding C up can leave the last chunks empty (16 chunks of 1025 -> 1152 tokens cover 16400 with 15): drop them.
   per = quantSpan > C ? (quantSpan + C - 1) / C : 1;
   return Chunking{per, C};
+}
+
+Chunking CpuBackend::taperedChunking(const LayerView& v) const {
+  // attend's split: about 16 chunks per thread of >= 1024 tokens, the last kv head's last chunk cut in quarters
+  // (multiples of 128 tokens). Items go out head-major, so those quarters run last: the thread that finishes first
+  // waits for at most about a quarter chunk, where it waited ~half a chunk on average (~20 us of a 16k layer's
+  // ~830 us on 2 threads). Only the last head is cut: every item start costs a few microseconds of cold streams,
+  // and handing out all heads' chunks chunk-major (so that every head's quarters came last) made steps 9 % slower.
+  Chunking ch = chunking(v, 16, 1024);
+  if (ch.perHead < 2 || pool_.size() < 2) return ch;
+  const int last = v.tokens - v.sinkHeld() - (ch.perHead - 1) * ch.C;  // tokens of the last chunk
+  ch.Cs = (ch.C / 4 + 127) / 128 * 128;
+  ch.lastHeadChunks = ch.perHead - 1 + (last + ch.Cs - 1) / ch.Cs;
+  return ch;
 }
 
 // Walk token range [a0, a1) of one matrix and kv head, calling fp16(rows, ld, a, n, inPage) for fp16 runs and
@@ -385,7 +414,7 @@ void CpuBackend::scoresPhase(const LayerView& v, float* scores) {
   const int r = v.qHeads / v.kvHeads, T = v.tokens;
   pool_.run(v.kvHeads * ch.perHead, [&](int item, int) {
     const int kh = item / ch.perHead, c = item % ch.perHead;
-    keyScoresRange(v, kh, ch.lo(v, c), ch.hi(v, c), scores + (size_t)kh * r * T, T);
+    keyScoresRange(v, kh, ch.lo(v, kh, c), ch.hi(v, kh, c), scores + (size_t)kh * r * T, T);
   });
 }
 
@@ -407,7 +436,7 @@ void CpuBackend::valuePhase(const LayerView& v, const float* probs, float* out) 
     const size_t row = (size_t)kh * r * pLd_;
     const ProbsI8 pq{pI8_.p ? pI8_.p + row : nullptr, pSig_.p ? pSig_.p + row / 32 : nullptr,
                      pSigS_.p ? pSigS_.p + row / 32 : nullptr, pLd_};
-    valueSumRange(v, kh, ch.lo(v, c), ch.hi(v, c), probs + (size_t)kh * r * T, T, pq, o);
+    valueSumRange(v, kh, ch.lo(v, kh, c), ch.hi(v, kh, c), probs + (size_t)kh * r * T, T, pq, o);
   });
   // merge the chunks of each kv head
   for (int kh = 0; kh < v.kvHeads; kh++) {
@@ -475,8 +504,8 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     // the threads: with one item per kv head, a thread slowed down by another tenant of its core left the others
     // idle for most of an item at the end of every layer. The u8 weights are per 32-token slice and scale-invariant,
     // so the chunk-local maximum gives the same codes as the global one would (up to the float rounding of exp).
-    const Chunking ch = chunking(v, 16, 1024);
-    const int items = v.kvHeads * ch.perHead;
+    const Chunking ch = taperedChunking(v);
+    const int items = ch.items(v);
     const size_t pLd = ((size_t)v.quantizedValues + 31) / 32 * 32;
     if (workers_.size() < (size_t)pool_.size()) workers_.resize(pool_.size());
     for (auto& w : workers_) {
@@ -490,7 +519,7 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     const size_t perItem = (size_t)r * (d + 2);  // [r][d] value sums, then r maxima and r exp sums
     float* part = partial_.get((size_t)items * perItem);
     pool_.run(items, [&](int item, int worker) {
-      const int kh = item / ch.perHead, c = item % ch.perHead, a0 = ch.lo(v, c), a1 = ch.hi(v, c);
+      const int kh = ch.head(v, item), c = item - ch.firstItem(kh), a0 = ch.lo(v, kh, c), a1 = ch.hi(v, kh, c);
       WorkerBuffers& w = workers_[worker];
       float* s = w.scores.p;  // [r][T]; this item uses columns [a0, a1)
       prefetchWindows(v, kh, a0, a1);
@@ -521,16 +550,17 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
     // out_h = Σ_c e^(m_c - M) o_c / Σ_c e^(m_c - M) z_c with M = max_c m_c
     for (int kh = 0; kh < v.kvHeads; kh++)
       for (int h = 0; h < r; h++) {
-        const float* first = part + (size_t)kh * ch.perHead * perItem;
+        const float* first = part + (size_t)ch.firstItem(kh) * perItem;
+        const int chunks = ch.chunks(v, kh);
         float M = -INFINITY;
-        for (int c = 0; c < ch.perHead; c++) {
+        for (int c = 0; c < chunks; c++) {
           const float m = first[c * perItem + (size_t)r * d + h];
           M = m > M ? m : M;
         }
         float* dst = out + ((size_t)kh * r + h) * d;
         std::memset(dst, 0, sizeof(float) * d);
         double zt = 0;
-        for (int c = 0; c < ch.perHead; c++) {
+        for (int c = 0; c < chunks; c++) {
           const float* o = first + c * perItem;
           const float wgt = std::exp(o[(size_t)r * d + h] - M);
           zt += (double)wgt * o[(size_t)r * d + r + h];

@@ -888,8 +888,8 @@ int main(int argc, char** argv) {
         runAll(cf, rng(), label);
         configs++;
       }
-  // Long layers with one kv head: the backend splits each head's tokens into several chunks whose partial value
-  // sums are merged (and pages hold 512 tokens, so chunks span several pages).
+  // Long layers with one or two kv heads: the backend splits each head's tokens into several chunks whose partial
+  // value sums are merged (and pages hold 512 tokens, so chunks span several pages).
   for (int method = 0; method < 3; method++) {
     Config cf;
     if (method == 0) {
@@ -901,8 +901,8 @@ int main(int argc, char** argv) {
     } else {
       cf.kf = cf.vf = MatrixFormat{kFp16Rows, 16, 32, 0};
     }
-    cf.kvHeads = 1;
-    cf.qHeads = 4;
+    cf.kvHeads = method == 0 ? 2 : 1;  // two heads: attend cuts only the last head's last chunk into pieces
+    cf.qHeads = 4 * cf.kvHeads;
     cf.d = 128;
     cf.P = 512;
     cf.S = 32;
