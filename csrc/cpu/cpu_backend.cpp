@@ -537,8 +537,7 @@ Status CpuBackend::attend(const LayerView& v, const float* query, float* out) {
           const int qa = S + q0 - a0, qn = q1 - q0;
           uint8_t* qq = w.q.p + at;
           float *sg = w.sigma.p + at / 32, *sS = w.sigmaSum.p + at / 32;
-          z[h] = k_->softmaxExpU8 ? k_->softmaxExpU8(sh + a0, a1 - a0, qa, qn, &mx[h], qq, sg, sS)
-                                  : softmaxExpU8Composed(*k_, sh + a0, a1 - a0, qa, qn, &mx[h], qq, sg, sS);
+          z[h] = k_->softmaxExpU8(sh + a0, a1 - a0, qa, qn, &mx[h], qq, sg, sS);
         } else {
           z[h] = k_->softmaxExp(sh + a0, a1 - a0, &mx[h]);
         }

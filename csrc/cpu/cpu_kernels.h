@@ -102,15 +102,16 @@ struct Kernels {
   // softmaxExp(s, n, maxOut) and then quantizeU8(s + qa, qn, q, sigma, sigmaSum) in one go (0 <= qa, qa + qn <= n,
   // qn a multiple of 32), except that s[qa, qa + qn) is left unspecified: those weights exist only as u8 codes.
   // Returns Σ exp over all n. The codes may differ from the composition by one where exp rounds differently.
-  // nullptr in tables without a fused version: the caller composes the two (softmaxExpU8Composed).
+  // Tables without a fused version (portable, avx2) use softmaxExpU8Composed<their softmaxExp, their quantizeU8>.
   float (*softmaxExpU8)(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, float* sigma, float* sigmaSum);
 };
 
-// softmaxExpU8 for any table: its softmaxExp, then its quantizeU8.
-inline float softmaxExpU8Composed(const Kernels& k, float* s, int n, int qa, int qn, float* maxOut, uint8_t* q,
-                                  float* sigma, float* sigmaSum) {
-  const float z = k.softmaxExp(s, n, maxOut);
-  if (qn > 0) k.quantizeU8(s + qa, qn, q, sigma, sigmaSum);
+// softmaxExpU8 as SOFTMAX then QUANTIZE. Instantiated with a table file's own (internal-linkage) functions, the
+// instantiation is internal to that file too, so it never mixes instruction sets across tables.
+template <float (*SOFTMAX)(float*, int, float*), void (*QUANTIZE)(const float*, int, uint8_t*, float*, float*)>
+float softmaxExpU8Composed(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, float* sigma, float* sigmaSum) {
+  const float z = SOFTMAX(s, n, maxOut);
+  if (qn > 0) QUANTIZE(s + qa, qn, q, sigma, sigmaSum);
   return z;
 }
 

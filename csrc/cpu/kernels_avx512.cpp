@@ -771,48 +771,36 @@ inline __m512 exp512(__m512 x) {
   return _mm512_castsi512_ps(_mm512_maskz_add_epi32(live, _mm512_castps_si512(y), _mm512_slli_epi32(_mm512_castps_si512(t), 23)));
 }
 
-float softmaxExp(float* s, int n, float* maxOut) {
-  __m512 mv = _mm512_set1_ps(-INFINITY), mv2 = mv;
-  int i = 0;
-  for (; i + 32 <= n; i += 32) {
-    mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + i));
-    mv2 = _mm512_max_ps(mv2, _mm512_loadu_ps(s + i + 16));
-  }
-  float mx = _mm512_reduce_max_ps(_mm512_max_ps(mv, mv2));
-  for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
-  *maxOut = mx;
-  const __m512 m16 = _mm512_set1_ps(mx);
-  // Two-level sum as in the AVX2 version: float lanes over blocks of 512 elements, then double across blocks.
+// Maximum of s[a, b) into mv (masked tail).
+inline __m512 maxRange(const float* s, int a, int b, __m512 mv) {
+  int i = a;
+  for (; i + 16 <= b; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + i));
+  if (i < b) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)((1u << (b - i)) - 1), s + i));
+  return mv;
+}
+
+// s[i] <- exp(s[i] - mx) for i in [a, b); returns the sum (float lanes per 512 elements, double across them).
+inline double expStoreRange(float* s, int a, int b, __m512 m16) {
   double total = 0;
-  i = 0;
-  while (i + 16 <= n) {
-    __m512 sum = _mm512_setzero_ps(), sum2 = sum;
-    int e16 = 0;
-    for (; e16 < 32 && i + 32 <= n; e16 += 2, i += 32) {
-      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), m16));
-      const __m512 f = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i + 16), m16));
-      _mm512_storeu_ps(s + i, e);
-      _mm512_storeu_ps(s + i + 16, f);
-      sum = _mm512_add_ps(sum, e);
-      sum2 = _mm512_add_ps(sum2, f);
+  int i = a;
+  while (i < b) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int e = 0; e < 32 && i < b; e++, i += 16) {
+      const __mmask16 k = b - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (b - i)) - 1);
+      const __m512 x = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + i), m16));
+      _mm512_mask_storeu_ps(s + i, k, x);
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, x));
     }
-    if (e16 < 32 && i + 16 <= n) {
-      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), m16));
-      _mm512_storeu_ps(s + i, e);
-      sum = _mm512_add_ps(sum, e);
-      i += 16;
-    }
-    sum = _mm512_add_ps(sum, sum2);
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(sum)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(sum, 1));
     total += _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
   }
-  if (i < n) {  // masked tail through the same exp
-    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-    const __m512 e = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + i), m16));
-    _mm512_mask_storeu_ps(s + i, k, e);
-    total += _mm512_reduce_add_ps(_mm512_maskz_mov_ps(k, e));
-  }
-  return (float)total;
+  return total;
+}
+
+float softmaxExp(float* s, int n, float* maxOut) {
+  const float mx = _mm512_reduce_max_ps(maxRange(s, 0, n, _mm512_set1_ps(-INFINITY)));
+  *maxOut = mx;
+  return (float)expStoreRange(s, 0, n, _mm512_set1_ps(mx));
 }
 
 // Lane j of the result = op-reduction of the 16 lanes of v[j]: a transposing tree (16 -> 8 -> 4 -> 2 -> 1 partial
@@ -872,32 +860,6 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
     sigma[k] = sg;
     sigmaSum[k] = sg * (float)_mm512_reduce_add_epi32(quantizeSliceU8(x + 32 * k, _mm512_set1_ps(inv), q + 32 * k));
   }
-}
-
-// Maximum of s[a, b) into mv (masked tail).
-inline __m512 maxRange(const float* s, int a, int b, __m512 mv) {
-  int i = a;
-  for (; i + 16 <= b; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + i));
-  if (i < b) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), (__mmask16)((1u << (b - i)) - 1), s + i));
-  return mv;
-}
-
-// s[i] <- exp(s[i] - mx) for i in [a, b); returns the sum (float lanes per 512 elements, double across them).
-inline double expStoreRange(float* s, int a, int b, __m512 m16) {
-  double total = 0;
-  int i = a;
-  while (i < b) {
-    __m512 sum = _mm512_setzero_ps();
-    for (int e = 0; e < 32 && i < b; e++, i += 16) {
-      const __mmask16 k = b - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (b - i)) - 1);
-      const __m512 x = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + i), m16));
-      _mm512_mask_storeu_ps(s + i, k, x);
-      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, x));
-    }
-    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(sum)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(sum, 1));
-    total += _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
-  }
-  return total;
 }
 
 // softmaxExp with the u8 quantizer fused in for s[qa, qa + qn) (see cpu_kernels.h). Over a decode step these two

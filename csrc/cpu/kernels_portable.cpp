@@ -190,7 +190,8 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
 }
 
 const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp,
-                           quantizeI8, quantizeU8, quantizeHeadRows, nullptr};
+                           quantizeI8, quantizeU8, quantizeHeadRows,
+                           softmaxExpU8Composed<softmaxExp, quantizeU8>};
 
 }  // namespace
 

@@ -554,7 +554,7 @@ static void checkActivationQuantizers(const std::vector<const cpu::Kernels*>& ta
   }
 }
 
-// softmaxExp and softmaxExpU8 of every table (the fused one where a table has it, else the composition attend uses)
+// softmaxExp and softmaxExpU8 of every table (avx512vnni's fused one, the others' composition of the two)
 // against fp64, on rows with a wide spread of scores: whole slices far below the maximum (weights under the 1e-36
 // cut and under exp's -86 flush), ties, lengths and quantized ranges at every alignment. Bounds: each weight within
 // kExpRel (relative) of exp of the same float difference s - max (the subtraction's own rounding is the caller's);
@@ -603,8 +603,7 @@ static void checkSoftmax(const std::vector<const cpu::Kernels*>& tables, std::mt
             std::vector<float> sg(slices + 1, NAN), sS(slices + 1, NAN);
             std::vector<float> t(x);
             float m2 = NAN;
-            const float z2 = k->softmaxExpU8 ? k->softmaxExpU8(t.data(), n, qa, qn, &m2, q.data(), sg.data(), sS.data())
-                                             : cpu::softmaxExpU8Composed(*k, t.data(), n, qa, qn, &m2, q.data(), sg.data(), sS.data());
+            const float z2 = k->softmaxExpU8(t.data(), n, qa, qn, &m2, q.data(), sg.data(), sS.data());
             CHECK(m2 == mxRef, "%s softmaxExpU8 max %g, expected %g", k->name, m2, mxRef);
             worstSum = std::max(worstSum, std::fabs(z2 - zRef) / zRef);
             CHECK(std::fabs(z2 - zRef) <= 1e-6 * zRef, "%s softmaxExpU8 sum %.9g, fp64 %.9g (n %d qa %d qn %d)", k->name, z2, zRef, n, qa, qn);
@@ -642,8 +641,8 @@ static void checkSoftmax(const std::vector<const cpu::Kernels*>& tables, std::mt
         }
       }
     }
-    std::printf("softmax (%s%s): worst weight rel error %.2e (limit %.0e), sum %.2e (limit 1e-6), code %.4f (limit 0.501)\n",
-                k->name, k->softmaxExpU8 ? ", fused u8" : "", worstExp, kExpRel, worstSum, worstCode);
+    std::printf("softmax (%s): worst weight rel error %.2e (limit %.0e), sum %.2e (limit 1e-6), code %.4f (limit 0.501)\n",
+                k->name, worstExp, kExpRel, worstSum, worstCode);
   }
 }
 
