@@ -864,10 +864,11 @@ int main(int argc, char** argv) {
           runAll(cf, rng(), label);
           configs++;
         }
-  // The G = 32 fast paths (lane-per-block InnerQ kernels) at the production shapes, every bit width and head ratio.
+  // The G = 32 fast paths (lane-per-block InnerQ kernels) at the production shapes, every bit width and head ratio
+  // (r = 1, 2, 3: the avx512 value kernel runs 4 or 2 dependency chains per head below r = 4).
   for (int bits : {2, 3, 4})
     for (int d : {128, 256})
-      for (int rr : {1, 4, 8}) {
+      for (int rr : {1, 2, 3, 4, 8}) {
         counter++;
         Config cf;
         cf.kf = MatrixFormat{kRowGrouped, bits, 32, counter % 3};
