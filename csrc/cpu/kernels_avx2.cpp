@@ -319,8 +319,11 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
 // Symmetric-only matrices (ZEROS = false) have bz = -2^(b-1) * a, so a*sigma*D + bz*sigmaSum = a*sigma*(D - 2^(b-1)*S)
 // with S the integer sum of the query slice's codes: the offset is added to D as an integer (any ALU port) instead
 // of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck: llvm-mca, znver3).
-template <int BITS, bool ZEROS>
-void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+// R (the head count, at most kMaxHeadBlock) is a template argument: with a run-time count the accumulators lived in
+// memory and every head's pass was a loop iteration of its own.
+template <int BITS, bool ZEROS, int R>
+void scoresRowI8FastR(const QuantRef& m, int d, int t0, int t1, const I8Set& q, float* s, size_t lds) {
+  constexpr int r = R;
   const int n = d / 32, nq = n / 4, bb = avxBlockBytes(BITS), rowBytes = n * bb;
   alignas(32) int8_t act[kMaxHeadBlock * 2 * 4 * 32];
   alignas(32) float sg[kMaxHeadBlock * 2 * 8], sS[kMaxHeadBlock * 2 * 8];
@@ -377,7 +380,7 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
         loadQuad<BITS>(m.codes + (size_t)tc * rowBytes + (size_t)qd * 4 * bb, cc);
         for (int h = 0; h < r; h++) {
           const __m256i* A = (const __m256i*)(act + (h * nq + qd) * 128);
-          __m256i Di = _mm256_hadd_epi32(quadDot(ca, A), quadDot(cc, A));
+          __m256i Di = haddPairs(quadDot(ca, A), quadDot(cc, A));
           if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)(symStart + (h * nq + qd) * 8)));
           const __m256 D = _mm256_cvtepi32_ps(Di);
           acc[h] = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_load_ps(sg + (h * nq + qd) * 8)), acc[h]);
@@ -388,8 +391,8 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
     }
     for (int h = 0; h < r; h++) {
       // pair p lanes: [t0 L0, t0 L1, t1 L0, t1 L1 | t0 L2, t0 L3, t1 L2, t1 L3]; sum each token's lanes
-      const __m256 x01 = _mm256_hadd_ps(_mm256_load_ps(pairAcc[h][0]), _mm256_load_ps(pairAcc[h][1]));
-      const __m256 x23 = _mm256_hadd_ps(_mm256_load_ps(pairAcc[h][2]), _mm256_load_ps(pairAcc[h][3]));
+      const __m256 x01 = haddPairs(_mm256_load_ps(pairAcc[h][0]), _mm256_load_ps(pairAcc[h][1]));
+      const __m256 x23 = haddPairs(_mm256_load_ps(pairAcc[h][2]), _mm256_load_ps(pairAcc[h][3]));
       const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(x01, x23, 0x20), _mm256_permute2f128_ps(x01, x23, 0x31));
       float* o = s + h * lds + (tb - t0);
       if (cnt == 8) {
@@ -405,8 +408,9 @@ void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, i
 
 // Values: per token group, 8 channels per step (two quads of consecutive channel blocks); the probability
 // slice's 8-token pieces are broadcast to every lane. Accumulates in lanePerm order, un-permuted at the end.
-template <int BITS>
-void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+template <int BITS, int R>
+void wsumColI8FastR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
+  constexpr int r = R;
   const int bb = avxBlockBytes(BITS);
   alignas(32) float acc[kMaxHeadBlock * kMaxHeadDim];
   std::memset(acc, 0, sizeof(float) * r * d);
@@ -439,7 +443,7 @@ void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int
       loadQuad<BITS>(m.codes + (gi + 4) * bb, cc);
       for (int h = 0; h < r; h++) {
         const __m256i* A = (const __m256i*)act[h];
-        const __m256 D = _mm256_cvtepi32_ps(_mm256_hadd_epi32(quadDotU8(ca, A), quadDotU8(cc, A)));
+        const __m256 D = _mm256_cvtepi32_ps(haddPairs(quadDotU8(ca, A), quadDotU8(cc, A)));
         float* o = acc + h * d + jb;
         __m256 x = _mm256_load_ps(o);
         x = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(p.sigma + h * p.lds + tg)), x);
@@ -451,6 +455,34 @@ void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int
   for (int h = 0; h < r; h++)
     for (int jb = 0; jb < d; jb += 8)
       for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS>(i)] += acc[h * d + jb + i];
+}
+
+template <int BITS, bool ZEROS>
+void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+  switch (r) {
+    case 1: return scoresRowI8FastR<BITS, ZEROS, 1>(m, d, t0, t1, q, s, lds);
+    case 2: return scoresRowI8FastR<BITS, ZEROS, 2>(m, d, t0, t1, q, s, lds);
+    case 3: return scoresRowI8FastR<BITS, ZEROS, 3>(m, d, t0, t1, q, s, lds);
+    case 4: return scoresRowI8FastR<BITS, ZEROS, 4>(m, d, t0, t1, q, s, lds);
+    case 5: return scoresRowI8FastR<BITS, ZEROS, 5>(m, d, t0, t1, q, s, lds);
+    case 6: return scoresRowI8FastR<BITS, ZEROS, 6>(m, d, t0, t1, q, s, lds);
+    case 7: return scoresRowI8FastR<BITS, ZEROS, 7>(m, d, t0, t1, q, s, lds);
+    default: return scoresRowI8FastR<BITS, ZEROS, 8>(m, d, t0, t1, q, s, lds);
+  }
+}
+
+template <int BITS>
+void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+  switch (r) {
+    case 1: return wsumColI8FastR<BITS, 1>(m, d, g0, g1, p, out);
+    case 2: return wsumColI8FastR<BITS, 2>(m, d, g0, g1, p, out);
+    case 3: return wsumColI8FastR<BITS, 3>(m, d, g0, g1, p, out);
+    case 4: return wsumColI8FastR<BITS, 4>(m, d, g0, g1, p, out);
+    case 5: return wsumColI8FastR<BITS, 5>(m, d, g0, g1, p, out);
+    case 6: return wsumColI8FastR<BITS, 6>(m, d, g0, g1, p, out);
+    case 7: return wsumColI8FastR<BITS, 7>(m, d, g0, g1, p, out);
+    default: return wsumColI8FastR<BITS, 8>(m, d, g0, g1, p, out);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -526,8 +526,8 @@ void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, 
 inline __m256 hsum8x(const __m512* v) {
   __m256 h[8];
   for (int k = 0; k < 8; k++) h[k] = sumHalves(v[k]);
-  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
-  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+  const __m256 a = haddPairs(haddPairs(h[0], h[1]), haddPairs(h[2], h[3]));
+  const __m256 b = haddPairs(haddPairs(h[4], h[5]), haddPairs(h[6], h[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
