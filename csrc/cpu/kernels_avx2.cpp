@@ -29,17 +29,29 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------
 // fp16 rows. Scores: TB tokens x HB heads = 8 accumulators over the channels, one hadd tree per 8 (t, h) pairs.
 template <int HB>
-void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, float* s, size_t lds) {
+void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, float* s, size_t lds, const uint16_t* next) {
   constexpr int TB = 8 / HB;
   for (int i = 0; i < n; i += TB) {
     const uint16_t* rp[TB];
     for (int t = 0; t < TB; t++) rp[t] = rows + (size_t)(i + t < n ? i + t : n - 1) * ld;  // clamp the tail
+    // 24 rows ahead and on into the next page, as the avx512 table (without it this baseline read DRAM at ~23 GB/s
+    // where the avx512 one reads ~27)
+    constexpr int kAhead = 24;
+    for (int t = 0; t < TB; t++) prefetchFp16Row(rows, ld, n, next, i + kAhead + t, d);
     __m256 acc[8];
     for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
     for (int j = 0; j < d; j += 8) {
+      // The query chunks in registers, each loaded once for the TB tokens: as memory operands of the FMAs the
+      // compiler loaded them TB times, and with 2 of every 8 loads being the K rows the loads, not the FMAs, set the
+      // pace (10 loads per 8 FMAs at HB = 4).
+      __m256 qv[HB];
+      for (int h = 0; h < HB; h++) {
+        qv[h] = _mm256_loadu_ps(q + h * d + j);
+        if (TB > 1) __asm__("" : "+x"(qv[h]));  // keeps GCC from folding the load into each FMA again
+      }
       for (int t = 0; t < TB; t++) {
         const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rp[t] + j)));
-        for (int h = 0; h < HB; h++) acc[t * HB + h] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q + h * d + j), acc[t * HB + h]);
+        for (int h = 0; h < HB; h++) acc[t * HB + h] = _mm256_fmadd_ps(kv, qv[h], acc[t * HB + h]);
       }
     }
     alignas(32) float out[8];
@@ -49,28 +61,28 @@ void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, 
   }
 }
 
-void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds, const uint16_t*) {
+void scoresFp16(const uint16_t* rows, size_t ld, int n, int d, const float* q, int r, float* s, size_t lds, const uint16_t* next) {
   int h = 0;
-  for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h + 2 <= r; h += 2) scoresFp16T<2>(rows, ld, n, d, q + h * d, s + h * lds, lds);
-  for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds);
+  for (; h + 8 <= r; h += 8) scoresFp16T<8>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h + 4 <= r; h += 4) scoresFp16T<4>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h + 2 <= r; h += 2) scoresFp16T<2>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
+  for (; h < r; h++) scoresFp16T<1>(rows, ld, n, d, q + h * d, s + h * lds, lds, next);
 }
 
 // Weighted sum: for a tile of tokens (L1-resident after the first channel chunk), CV vectors of channels x HB
 // heads of accumulators stay in registers across the tile; each converted V element feeds HB FMAs.
 template <int HB, int CV>
-void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out) {
+void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, float* out, const uint16_t* next) {
   // 8 tokens per tile: the tile and the next one (prefetched) must stay in L1 through the channel passes; 64-token
   // tiles (16 KiB each at d = 128) thrashed the 32 KiB L1 and ran the value GEMV at 13 GB/s, 8-token tiles at
   // 19 GB/s (cpu_gemv ... 1, 16k tokens, Zen 4).
   constexpr int kTile = 8;
   for (int i0 = 0; i0 < n; i0 += kTile) {
     const int i1 = i0 + kTile < n ? i0 + kTile : n;
-    // The tile is read chunk by chunk (stride = row); prefetch the whole next tile during the first chunk pass so
-    // that the DRAM stream stays sequential and ahead of the strided L1 reads.
-    for (int i = i1; i < i1 + kTile && i < n; i++)
-      for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(rows + (size_t)i * ld + j), _MM_HINT_T0);
+    // The tile is read chunk by chunk (stride = row); prefetch the whole next tile before the first chunk pass so
+    // that the DRAM stream stays sequential and ahead of the strided L1 reads; after the last tile, the first rows
+    // of the next page.
+    for (int i = i0 + kTile; i < i0 + 2 * kTile; i++) prefetchFp16Row(rows, ld, n, next, i, d);
     for (int j = 0; j < d; j += 8 * CV) {
       // Per-tile partial sums added to out at the end of the tile: a float error of ~(sqrt(tile) + sqrt(n/tile)) ulp
       // (with 8-token tiles barely below one running sum's ~sqrt(n); the tests' 1e-5 bound holds at 16k tokens).
@@ -92,12 +104,12 @@ void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, si
   }
 }
 
-void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out, const uint16_t*) {
+void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out, const uint16_t* next) {
   int h = 0;
-  for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h + 2 <= r; h += 2) wsumFp16T<2, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
-  for (; h < r; h++) wsumFp16T<1, 4>(rows, ld, n, d, p + h * ldp, ldp, out + h * d);
+  for (; h + 8 <= r; h += 8) wsumFp16T<8, 1>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h + 4 <= r; h += 4) wsumFp16T<4, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h + 2 <= r; h += 2) wsumFp16T<2, 2>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
+  for (; h < r; h++) wsumFp16T<1, 4>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
 }
 
 // Fast InnerQ paths for G = 32 (defined below, after the generic kernels).

@@ -543,12 +543,7 @@ void scoresFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* q, 
     // Near the end of the rows the prefetch runs on into `next` (the next page), whose first rows would otherwise
     // stall: every page is a new stream for the hardware prefetcher.
     constexpr int kAhead = 24;
-    for (int t = 0; t < TB; t++) {
-      const int a = i + kAhead + t;
-      const uint16_t* pr = a < n ? rows + (size_t)a * ld : next ? next + (size_t)(a - n) * ld : nullptr;
-      if (pr)
-        for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(pr + j), _MM_HINT_T0);
-    }
+    for (int t = 0; t < TB; t++) prefetchFp16Row(rows, ld, n, next, i + kAhead + t, d);
     __m512 acc[8];
     for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
     for (int j = 0; j < d; j += 16) {
@@ -589,11 +584,7 @@ void wsumFp16T(const uint16_t* rows, size_t ld, int n, int d, const float* p, si
       for (int i = i0; i < i1; i++) {
         // during the first channel pass, row i's counterpart in the next tile (one row per row: a steady stream),
         // which after the last tile is the start of `next` (the next page)
-        if (j == 0) {
-          const uint16_t* pr = i + kTile < n ? rows + (size_t)(i + kTile) * ld : next ? next + (size_t)(i + kTile - n) * ld : nullptr;
-          if (pr)
-            for (int jj = 0; jj < d; jj += 32) _mm_prefetch((const char*)(pr + jj), _MM_HINT_T0);
-        }
+        if (j == 0) prefetchFp16Row(rows, ld, n, next, i + kTile, d);
         __m512 v[CV];
         for (int c = 0; c < CV; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rows + (size_t)i * ld + j + 16 * c)));
         for (int h = 0; h < HB; h++) {

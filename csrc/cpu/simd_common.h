@@ -92,6 +92,15 @@ inline __m256i dotU8(__m256i c, __m256i p) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(p, c), _mm256_set1_epi16(1));
 }
 
+// Prefetch fp16 row a of a page's run of n rows (stride ld), or, for a >= n, row a - n of the next page (`next`,
+// nullptr when the caller does not go on there): every page is a new stream for the hardware prefetcher, so the
+// fp16 kernels prefetch a few rows ahead and on into the next page (d halves per row).
+inline void prefetchFp16Row(const uint16_t* rows, size_t ld, int n, const uint16_t* next, int a, int d) {
+  const uint16_t* pr = a < n ? rows + (size_t)a * ld : next ? next + (size_t)(a - n) * ld : nullptr;
+  if (pr)
+    for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(pr + j), _MM_HINT_T0);
+}
+
 // _mm256_hadd_epi32 / _mm256_hadd_ps without vphaddd / vhaddps: those are 3 ops that issue once per two cycles on
 // Zen 3 and Zen 4 (8 back to back took 16 cycles here), while two vshufps (even / odd elements of each 128-bit
 // lane of x and y) and one add give the same lanes, [x0+x1, x2+x3, y0+y1, y2+y3 | same for the high half], at
