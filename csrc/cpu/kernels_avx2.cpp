@@ -472,30 +472,12 @@ void wsumColI8FastR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, fl
 
 template <int BITS, bool ZEROS>
 void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  switch (r) {
-    case 1: return scoresRowI8FastR<BITS, ZEROS, 1>(m, d, t0, t1, q, s, lds);
-    case 2: return scoresRowI8FastR<BITS, ZEROS, 2>(m, d, t0, t1, q, s, lds);
-    case 3: return scoresRowI8FastR<BITS, ZEROS, 3>(m, d, t0, t1, q, s, lds);
-    case 4: return scoresRowI8FastR<BITS, ZEROS, 4>(m, d, t0, t1, q, s, lds);
-    case 5: return scoresRowI8FastR<BITS, ZEROS, 5>(m, d, t0, t1, q, s, lds);
-    case 6: return scoresRowI8FastR<BITS, ZEROS, 6>(m, d, t0, t1, q, s, lds);
-    case 7: return scoresRowI8FastR<BITS, ZEROS, 7>(m, d, t0, t1, q, s, lds);
-    default: return scoresRowI8FastR<BITS, ZEROS, 8>(m, d, t0, t1, q, s, lds);
-  }
+  withHeadCount(r, [&](auto R) { scoresRowI8FastR<BITS, ZEROS, decltype(R)::value>(m, d, t0, t1, q, s, lds); });
 }
 
 template <int BITS>
 void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
-  switch (r) {
-    case 1: return wsumColI8FastR<BITS, 1>(m, d, g0, g1, p, out);
-    case 2: return wsumColI8FastR<BITS, 2>(m, d, g0, g1, p, out);
-    case 3: return wsumColI8FastR<BITS, 3>(m, d, g0, g1, p, out);
-    case 4: return wsumColI8FastR<BITS, 4>(m, d, g0, g1, p, out);
-    case 5: return wsumColI8FastR<BITS, 5>(m, d, g0, g1, p, out);
-    case 6: return wsumColI8FastR<BITS, 6>(m, d, g0, g1, p, out);
-    case 7: return wsumColI8FastR<BITS, 7>(m, d, g0, g1, p, out);
-    default: return wsumColI8FastR<BITS, 8>(m, d, g0, g1, p, out);
-  }
+  withHeadCount(r, [&](auto R) { wsumColI8FastR<BITS, decltype(R)::value>(m, d, g0, g1, p, out); });
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -333,16 +333,7 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
 
 template <int BITS, bool ZEROS, int D>
 void scoresRowVnniR(const QuantRef& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  switch (r) {
-    case 1: return scoresRowVnni<BITS, ZEROS, 1, D>(m, t0, t1, q, s, lds);
-    case 2: return scoresRowVnni<BITS, ZEROS, 2, D>(m, t0, t1, q, s, lds);
-    case 3: return scoresRowVnni<BITS, ZEROS, 3, D>(m, t0, t1, q, s, lds);
-    case 4: return scoresRowVnni<BITS, ZEROS, 4, D>(m, t0, t1, q, s, lds);
-    case 5: return scoresRowVnni<BITS, ZEROS, 5, D>(m, t0, t1, q, s, lds);
-    case 6: return scoresRowVnni<BITS, ZEROS, 6, D>(m, t0, t1, q, s, lds);
-    case 7: return scoresRowVnni<BITS, ZEROS, 7, D>(m, t0, t1, q, s, lds);
-    default: return scoresRowVnni<BITS, ZEROS, 8, D>(m, t0, t1, q, s, lds);
-  }
+  withHeadCount(r, [&](auto R) { scoresRowVnni<BITS, ZEROS, decltype(R)::value, D>(m, t0, t1, q, s, lds); });
 }
 
 template <int BITS>
@@ -496,16 +487,7 @@ void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float
 
 template <int BITS, bool ZEROS>
 void wsumColVnniR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
-  switch (r) {
-    case 1: return wsumColVnni<BITS, ZEROS, 1>(m, d, g0, g1, p, out);
-    case 2: return wsumColVnni<BITS, ZEROS, 2>(m, d, g0, g1, p, out);
-    case 3: return wsumColVnni<BITS, ZEROS, 3>(m, d, g0, g1, p, out);
-    case 4: return wsumColVnni<BITS, ZEROS, 4>(m, d, g0, g1, p, out);
-    case 5: return wsumColVnni<BITS, ZEROS, 5>(m, d, g0, g1, p, out);
-    case 6: return wsumColVnni<BITS, ZEROS, 6>(m, d, g0, g1, p, out);
-    case 7: return wsumColVnni<BITS, ZEROS, 7>(m, d, g0, g1, p, out);
-    default: return wsumColVnni<BITS, ZEROS, 8>(m, d, g0, g1, p, out);
-  }
+  withHeadCount(r, [&](auto R) { wsumColVnni<BITS, ZEROS, decltype(R)::value>(m, d, g0, g1, p, out); });
 }
 
 void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {

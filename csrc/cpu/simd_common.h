@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 
@@ -90,6 +91,24 @@ inline __m256i dotU8(__m256i c, __m256i p) {
     return _mm256_add_epi32(_mm256_madd_epi16(c0, p0), _mm256_madd_epi16(c1, p1));
   }
   return _mm256_madd_epi16(_mm256_maddubs_epi16(p, c), _mm256_set1_epi16(1));
+}
+
+// The one dispatch point that turns a run-time head count r (1..kMaxHeadBlock; larger counts are split into head
+// blocks by the caller) into a template argument: calls f(std::integral_constant<int, R>{}) with R = r, so kernels
+// written for a fixed R unroll their head loops and keep per-head state in registers.
+template <class F>
+inline void withHeadCount(int r, F&& f) {
+  static_assert(kMaxHeadBlock == 8, "withHeadCount lists the head counts 1..8");
+  switch (r) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
 }
 
 // Prefetch fp16 row a of a page's run of n rows (stride ld), or, for a >= n, row a - n of the next page (`next`,
