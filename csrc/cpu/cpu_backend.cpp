@@ -329,6 +329,44 @@ inline QuantRef headRef(const LayerView& v, const MatrixLayout& L, const MatrixF
   return r;
 }
 
+// Gathers the consecutive pages that one walk visits into runs (cpu_kernels.h's QuantRun) and hands each run to
+// call(run, t0, t1, firstPage, a): run slots [t0, t1), the run's first page index and the absolute token of slot t0.
+// Runs hold at most kRunPages pages (4096 tokens at the default 256), which keeps the per-call setup negligible.
+template <class CALL>
+class PageRuns {
+ public:
+  static constexpr int kRunPages = 16;
+  PageRuns(const LayerView& v, const MatrixLayout& L, const MatrixFormat& f, int kh, CALL&& call)
+      : v_(v), L_(L), f_(f), kh_(kh), call_(call) {}
+  // walk()'s page callback: page p's slots [s0, s1) start at absolute token a; more: the walk goes on in page p + 1.
+  void add(int p, int s0, int s1, int a, bool more) {
+    if (count_ == kRunPages) flush();
+    if (count_ == 0) {
+      first_ = p;
+      t0_ = s0;
+      a_ = a;
+    }
+    pages_[count_] = headRef(v_, L_, f_, p, kh_);
+    if (more) pages_[count_].setNext(headRef(v_, L_, f_, p + 1, kh_));
+    t1_ = count_ * v_.pageTokens + s1;
+    count_++;
+  }
+  void flush() {
+    if (count_ == 0) return;
+    call_(QuantRun{pages_, count_, v_.pageTokens}, t0_, t1_, first_, a_);
+    count_ = 0;
+  }
+
+ private:
+  const LayerView& v_;
+  const MatrixLayout& L_;
+  const MatrixFormat& f_;
+  int kh_;
+  CALL call_;
+  QuantRef pages_[kRunPages];
+  int count_ = 0, first_ = 0, t0_ = 0, t1_ = 0, a_ = 0;
+};
+
 void CpuBackend::prepareQuery(const LayerView& v, const float* query) {
   const int d = v.headDim, H = v.qHeads, r = H / v.kvHeads;
   const float scale = (float)(1.0 / std::sqrt((double)d));
@@ -357,23 +395,27 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
     const float* qs = qScaled_.p + (size_t)qh * d;
     const float* qf = qFold_.p + (size_t)qh * d;
     float* sOut = s + (size_t)hb * lds;
+    const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32, qSigS_.p + (size_t)qh * d / 32,
+                  (size_t)d / 32};
+    auto innerq = [&](const QuantRun& run, int t0, int t1, int, int a) {
+      k_->scoresRowI8(run, f, d, t0, t1, q, rb, sOut + a, lds);
+    };
+    PageRuns<decltype(innerq)> runs(v, v.layout.keys, f, kh, std::move(innerq));
     walk(
         v, Matrix::Keys, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
+          if (f.orientation == kRowGrouped) return runs.add(p, s0, s1, a, more);
           QuantRef m = headRef(v, v.layout.keys, f, p, kh);
           if (more) m.setNext(headRef(v, v.layout.keys, f, p + 1, kh));
           if (f.orientation == kFp16Rows) {
             k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds,
                            (const uint16_t*)m.nextCodes);
-          } else if (f.orientation == kRowGrouped) {
-            const I8Set q{qI8_.p + (size_t)qh * d, (size_t)d, qSig_.p + (size_t)qh * d / 32,
-                          qSigS_.p + (size_t)qh * d / 32, (size_t)d / 32};
-            k_->scoresRowI8(m, f, d, s0, s1, q, rb, sOut + a, lds);
           } else {
             k_->scoresColF(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf, rb, sOut + a, lds);
           }
         });
+    runs.flush();
   }
 }
 
@@ -388,24 +430,28 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
     const int rb = r - hb < kMaxHeadBlock ? r - hb : kMaxHeadBlock;
     const float* pIn = probs + (size_t)hb * ldp;
     float* ob = o + (size_t)hb * d;
+    auto innerq = [&](const QuantRun& run, int t0, int t1, int firstPage, int) {
+      // run-relative u8 weights: the run's first page starts at quantized index firstPage * P (a multiple of 32)
+      const size_t base = (size_t)hb * pq.ld + (size_t)firstPage * P;
+      const U8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
+      k_->wsumColI8(run, f, d, t0 / f.groupSize, t1 / f.groupSize, ps, rb, ob);
+    };
+    PageRuns<decltype(innerq)> runs(v, v.layout.values, f, kh, std::move(innerq));
     walk(
         v, Matrix::Values, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
+          if (f.orientation == kColGrouped) return runs.add(p, s0, s1, a, more);
           QuantRef m = headRef(v, v.layout.values, f, p, kh);
           if (more) m.setNext(headRef(v, v.layout.values, f, p + 1, kh));
           if (f.orientation == kFp16Rows) {
             k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob,
                          (const uint16_t*)m.nextCodes);
-          } else if (f.orientation == kRowGrouped) {
-            k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
           } else {
-            // page-relative u8 weights: page p starts at quantized index p*P (a multiple of 32)
-            const size_t base = (size_t)hb * pq.ld + (size_t)p * P;
-            const U8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
-            k_->wsumColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, ps, rb, ob);
+            k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
           }
         });
+    runs.flush();
   }
 }
 

@@ -6,7 +6,8 @@
 //  - a kernel sees ONE kv head and at most kMaxHeadBlock query heads (r) of it; the caller loops over blocks.
 //  - queries are already multiplied by 1/sqrt(d) (and by the key norm f for quantized segments).
 //  - score outputs are written (not accumulated): s[h*lds + i]; value outputs are ACCUMULATED into out[h*d + j].
-//  - quantized kernels see one page's slice of one head (QuantRef) and a token range inside that page.
+//  - quantized kernels see one page's slice of one head (QuantRef) and a token range inside that page, except the
+//    InnerQ integer kernels, which see a run of consecutive pages (QuantRun) and a token range inside the run.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,6 +36,28 @@ struct QuantRef {
   }
 };
 
+// A run of consecutive cache pages of one kv head's matrix, as the InnerQ kernels take them: run slot t is slot
+// t % pageTokens of pages[t / pageTokens]. One call per run instead of one per page, so that what a kernel sets up
+// per call (the AVX-512 key kernel's query vectors, the value kernel's accumulators) is paid once per run: at
+// 256-token pages that setup was 0.5 (keys) to 1 (values) cycles per token and kv head of ~13.
+// pages[i].next* point at pages[i + 1]; the last page's at the page the caller visits after the run, or null.
+struct QuantRun {
+  const QuantRef* pages;
+  int count;       // >= 1
+  int pageTokens;  // a multiple of 32 (of 128 through the facade)
+};
+
+// Calls fn(i, pages[i], s0, s1, offset) for every page i of the run that overlaps run slots [t0, t1): its page slots
+// [s0, s1), whose first one is run slot t0 + offset. For the tables whose kernels work page by page.
+template <class F>
+inline void forEachRunPage(const QuantRun& run, int t0, int t1, F&& fn) {
+  const int P = run.pageTokens;
+  for (int i = t0 / P; i < run.count && i * P < t1; i++) {
+    const int a = t0 > i * P ? t0 : i * P, b = t1 < (i + 1) * P ? t1 : (i + 1) * P;
+    if (b > a) fn(i, run.pages[i], a - i * P, b - i * P, a - t0);
+  }
+}
+
 // int8-quantized activations (the InnerQ integer path). Row h (query head h of the block) starts at
 // q + h*ldq; its 32-element slice k has scale sigma[h*lds + k] and sigmaSum[h*lds + k] = sigma * Σ q (the sum
 // of the QUANTIZED slice, so that the zero-point term is consistent with the integer dot product).
@@ -54,6 +77,12 @@ struct U8Set {
   const float* sigmaSum;
   size_t lds;
 };
+
+// Run page i's share of run-relative weights, page-relative (its first slot is run slot i * pageTokens).
+inline U8Set pageWeights(const U8Set& p, int i, int pageTokens) {
+  const size_t shift = (size_t)i * pageTokens;
+  return U8Set{p.q + shift, p.ldq, p.sigma + shift / 32, p.sigmaSum + shift / 32, p.lds};
+}
 
 // One kv head's share of CpuBackend::quantizeRows (quantize_head.h): `count` token rows starting at quantized
 // index firstQuantized (multiples of G for kColGrouped formats).
@@ -76,15 +105,15 @@ struct Kernels {
   // fp16 rows: out[h*d + j] += Σ_i p[h*ldp + i] * rows[i*ld + j]. next: as for scoresFp16.
   void (*wsumFp16)(const uint16_t* rows, size_t ld, int n, int d, const float* p, size_t ldp, int r, float* out,
                    const uint16_t* next);
-  // InnerQ keys (kRowGrouped), integer path: page slots [t0, t1); s[h*lds + (t - t0)].
-  void (*scoresRowI8)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r,
+  // InnerQ keys (kRowGrouped), integer path: run slots [t0, t1); s[h*lds + (t - t0)].
+  void (*scoresRowI8)(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r,
                       float* s, size_t lds);
   // KIVI-style keys (kColGrouped), float path: page token groups [g0, g1); s[h*lds + (t - g0*G)].
   void (*scoresColF)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
                      float* s, size_t lds);
-  // InnerQ values (kColGrouped), integer path with u8 weights: page token groups [g0, g1). p's slice index k covers
-  // page slots 32k .. 32k+31 (p rows are page-relative). Accumulates into out.
-  void (*wsumColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out);
+  // InnerQ values (kColGrouped), integer path with u8 weights: run token groups [g0, g1). p's slice index k covers
+  // run slots 32k .. 32k+31 (p rows are run-relative). Accumulates into out.
+  void (*wsumColI8)(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out);
   // KIVI-style values (kRowGrouped), float path: page slots [t0, t1); p[h*ldp + (t - t0)]. Accumulates into out.
   void (*wsumRowF)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
                    float* out);
@@ -105,6 +134,23 @@ struct Kernels {
   // Tables without a fused version (portable, avx2) use softmaxExpU8Composed<their softmaxExp, their quantizeU8>.
   float (*softmaxExpU8)(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, float* sigma, float* sigmaSum);
 };
+
+// The run entries of a table whose InnerQ kernels work page by page (PAGE_KEYS / PAGE_VALUES: the per-page
+// signatures, page-relative slots, groups and weights).
+template <void (*PAGE_KEYS)(const QuantRef&, const MatrixFormat&, int, int, int, const I8Set&, int, float*, size_t)>
+void scoresRowI8ByPage(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+                       size_t lds) {
+  forEachRunPage(m, t0, t1, [&](int, const QuantRef& page, int s0, int s1, int offset) {
+    PAGE_KEYS(page, f, d, s0, s1, q, r, s + offset, lds);
+  });
+}
+template <void (*PAGE_VALUES)(const QuantRef&, const MatrixFormat&, int, int, int, const U8Set&, int, float*)>
+void wsumColI8ByPage(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+  const int G = f.groupSize;
+  forEachRunPage(m, g0 * G, g1 * G, [&](int i, const QuantRef& page, int s0, int s1, int) {
+    PAGE_VALUES(page, f, d, s0 / G, s1 / G, pageWeights(p, i, m.pageTokens), r, out);
+  });
+}
 
 // softmaxExpU8 as SOFTMAX then QUANTIZE. Instantiated with a table file's own (internal-linkage) functions, the
 // instantiation is internal to that file too, so it never mixes instruction sets across tables.

@@ -164,7 +164,7 @@ void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t
   }
 }
 
-void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+void scoresRowI8Page(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
   if (f.groupSize == 32 && d % 128 == 0) {
     const bool z = m.zeros != nullptr;
@@ -213,7 +213,7 @@ void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
   }
 }
 
-void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   if (f.groupSize == 32) {
     if (f.bits == 2) return wsumColI8Fast<2>(m, d, g0, g1, p, r, out);
     if (f.bits == 3) return wsumColI8Fast<3>(m, d, g0, g1, p, r, out);
@@ -768,7 +768,8 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
   }
 }
 
-const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8ByPage<scoresRowI8Page>, scoresColF,
+                       wsumColI8ByPage<wsumColI8Page>, wsumRowF, softmaxExp, quantizeI8,
                        quantizeU8, quantizeHeadRows,
                        softmaxExpU8Composed<softmaxExp, quantizeU8>};
 

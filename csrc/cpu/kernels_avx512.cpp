@@ -304,12 +304,10 @@ inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* 
   }
 }
 
+// Page slots [t0, t1) of one page; s[h*lds + (t - t0)].
 template <int BITS, bool ZEROS, int R, int D>
-void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
+void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* s, size_t lds) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
-  // Built per call (once per page): 8 permutes per head and block pair, small next to the page's 256+ tokens.
-  alignas(64) KeyQuery kq;
-  kq.build<ZEROS, R, D>(q, avxSymOffset(BITS));
   int tb = t0;
   for (; tb + 8 <= t1; tb += 8) {
     const uint8_t* rows = m.codes + (size_t)tb * ROW;
@@ -347,19 +345,30 @@ void scoresRowVnni(const QuantRef& m, int t0, int t1, const I8Set& q, float* s, 
   }
 }
 
+// Run slots [t0, t1). The query vectors are built once per call (8 permutes per head and block pair, ~140 cycles at
+// r = 4, d = 128: 0.5 cycles per token when it was once per 256-token page).
+template <int BITS, bool ZEROS, int R, int D>
+void scoresRowVnni(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
+  alignas(64) KeyQuery kq;
+  kq.build<ZEROS, R, D>(q, avxSymOffset(BITS));
+  forEachRunPage(m, t0, t1, [&](int, const QuantRef& page, int s0, int s1, int offset) {
+    keysPageVnni<BITS, ZEROS, R, D>(page, s0, s1, kq, s + offset, lds);
+  });
+}
+
 template <int BITS, bool ZEROS, int D>
-void scoresRowVnniR(const QuantRef& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+void scoresRowVnniR(const QuantRun& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
   withHeadCount(r, [&](auto R) { scoresRowVnni<BITS, ZEROS, decltype(R)::value, D>(m, t0, t1, q, s, lds); });
 }
 
 template <int BITS>
-void scoresRowVnniB(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  if (m.zeros)
+void scoresRowVnniB(const QuantRun& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+  if (m.pages[0].zeros)
     return d == 128 ? scoresRowVnniR<BITS, true, 128>(m, t0, t1, q, r, s, lds) : scoresRowVnniR<BITS, true, 256>(m, t0, t1, q, r, s, lds);
   return d == 128 ? scoresRowVnniR<BITS, false, 128>(m, t0, t1, q, r, s, lds) : scoresRowVnniR<BITS, false, 256>(m, t0, t1, q, r, s, lds);
 }
 
-void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+void scoresRowI8(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
   if (f.groupSize == 32 && (d == 128 || d == 256) && f.bits <= 4) {
     if (f.bits == 2) return scoresRowVnniB<2>(m, d, t0, t1, q, r, s, lds);
@@ -423,17 +432,15 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
   }
 }
 
+// Page token groups [g0, g1) of one page, accumulated into accMem [R][d] (p page-relative).
 template <int BITS, bool ZEROS, int R>
-void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
+void valuesPageVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* accMem) {
   // Token groups per tile: a tile's codes and the next tile's (prefetched during this one) must sit in L1 together
   // (32 KiB): 8 groups of 4-bit codes at d = 128 are 16 KiB, twice that overflowed L1 and ran the 4-bit value GEMV at
   // 13 GB/s; 2 groups (64 tokens, at most 8 KiB per tile at d = 256) ran it at 21 GB/s (cpu_gemv, 16k tokens; 1 and
   // 4 groups were within noise of 2, and 2- and 3-bit values gained 10-15 %).
   constexpr int bb = avxBlockBytes(BITS), kTile = 2;
   const float off = (float)avxSymOffset(BITS);
-  // Accumulators [head][chunk of 16 channels]: registers within a tile, L1 between tiles.
-  alignas(64) float accMem[R * kMaxHeadDim];
-  std::memset(accMem, 0, sizeof(float) * R * d);
   const int chunks = d / 16;
   for (int tt = g0; tt < g1; tt += kTile) {
     const int te = tt + kTile < g1 ? tt + kTile : g1;
@@ -496,19 +503,31 @@ void wsumColVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float
       for (int h = 0; h < R; h++) _mm512_store_ps(accMem + h * d + j0, acc[h]);
     }
   }
+}
+
+// Run token groups [g0, g1) (p run-relative). Accumulators [head][chunk of 16 channels]: registers within a tile,
+// L1 between tiles, zeroed and added to out once per call (~250 cycles at r = 4, d = 128: 1 cycle per token when it
+// was once per 256-token page).
+template <int BITS, bool ZEROS, int R>
+void wsumColVnni(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float* out) {
+  alignas(64) float accMem[R * kMaxHeadDim];
+  std::memset(accMem, 0, sizeof(float) * R * d);
+  forEachRunPage(m, g0 * 32, g1 * 32, [&](int i, const QuantRef& page, int s0, int s1, int) {
+    valuesPageVnni<BITS, ZEROS, R>(page, d, s0 / 32, s1 / 32, pageWeights(p, i, m.pageTokens), accMem);
+  });
   for (int h = 0; h < R; h++)
     for (int j = 0; j < d; j += 16)
       _mm512_storeu_ps(out + h * d + j, _mm512_add_ps(_mm512_loadu_ps(out + h * d + j), _mm512_load_ps(accMem + h * d + j)));
 }
 
 template <int BITS, bool ZEROS>
-void wsumColVnniR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+void wsumColVnniR(const QuantRun& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   withHeadCount(r, [&](auto R) { wsumColVnni<BITS, ZEROS, decltype(R)::value>(m, d, g0, g1, p, out); });
 }
 
-void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+void wsumColI8(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   if (f.groupSize == 32 && f.bits <= 4) {
-    const bool z = m.zeros != nullptr;
+    const bool z = m.pages[0].zeros != nullptr;
     if (f.bits == 2) return z ? wsumColVnniR<2, true>(m, d, g0, g1, p, r, out) : wsumColVnniR<2, false>(m, d, g0, g1, p, r, out);
     if (f.bits == 3) return z ? wsumColVnniR<3, true>(m, d, g0, g1, p, r, out) : wsumColVnniR<3, false>(m, d, g0, g1, p, r, out);
     return z ? wsumColVnniR<4, true>(m, d, g0, g1, p, r, out) : wsumColVnniR<4, false>(m, d, g0, g1, p, r, out);

@@ -40,7 +40,7 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
   }
 }
 
-void scoresRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+void scoresRowI8Page(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
   const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
   uint8_t u[32];
@@ -90,7 +90,7 @@ void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
   }
 }
 
-void wsumColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
   uint8_t u[32];
   for (int tg = g0; tg < g1; tg++) {
@@ -189,7 +189,8 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
   }
 }
 
-const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp,
+const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8ByPage<scoresRowI8Page>, scoresColF,
+                           wsumColI8ByPage<wsumColI8Page>, wsumRowF, softmaxExp,
                            quantizeI8, quantizeU8, quantizeHeadRows,
                            softmaxExpU8Composed<softmaxExp, quantizeU8>};
 

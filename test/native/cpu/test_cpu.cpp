@@ -889,10 +889,15 @@ int main(int argc, char** argv) {
         configs++;
       }
   // Long layers with one or two kv heads: the backend splits each head's tokens into several chunks whose partial
-  // value sums are merged (and pages hold 512 tokens, so chunks span several pages).
-  for (int method = 0; method < 3; method++) {
+  // value sums are merged (and pages hold 512 tokens, so chunks span several pages). m3: 128-token pages and ~4.6k
+  // tokens, so that the single-threaded key and value phases (two chunks per head) hand the InnerQ kernels more
+  // pages than one run holds (PageRuns::kRunPages = 16) and split them into several runs.
+  for (int method = 0; method < 4; method++) {
     Config cf;
-    if (method == 0) {
+    if (method == 3) {
+      cf.kf = MatrixFormat{kRowGrouped, 4, 32, kHybrid};
+      cf.vf = MatrixFormat{kColGrouped, 3, 32, kHybrid};
+    } else if (method == 0) {
       cf.kf = MatrixFormat{kRowGrouped, 3, 32, kSym};
       cf.vf = MatrixFormat{kColGrouped, 2, 32, kHybrid};
     } else if (method == 1) {
@@ -904,13 +909,13 @@ int main(int argc, char** argv) {
     cf.kvHeads = method == 0 ? 2 : 1;  // two heads: attend cuts only the last head's last chunk into pieces
     cf.qHeads = 4 * cf.kvHeads;
     cf.d = 128;
-    cf.P = 512;
+    cf.P = method == 3 ? 128 : 512;
     cf.S = 32;
-    cf.qK = method == 1 ? 2976 : 2999;
-    cf.qV = 2944;
+    cf.qK = method == 3 ? 4601 : method == 1 ? 2976 : 2999;
+    cf.qV = method == 3 ? 4576 : 2944;
     cf.extra = 97;
     cf.heavy = method == 2;
-    cf.norm = method == 0;
+    cf.norm = method == 0 || method == 3;
     char label[160];
     std::snprintf(label, sizeof label, "[long m%d T%d]", method, cf.S + cf.qK + cf.extra);
     runAll(cf, rng(), label);
