@@ -19,6 +19,7 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../../kernels/quantizer.cuh"
@@ -329,6 +330,13 @@ inline QuantRef headRef(const LayerView& v, const MatrixLayout& L, const MatrixF
   return r;
 }
 
+// headRef of page p for a walk: its next* point at page p + 1 when the walk goes on there (`more`), else null.
+inline QuantRef walkRef(const LayerView& v, const MatrixLayout& L, const MatrixFormat& f, int p, int kh, bool more) {
+  QuantRef r = headRef(v, L, f, p, kh);
+  if (more) r.setNext(headRef(v, L, f, p + 1, kh));
+  return r;
+}
+
 // Gathers the consecutive pages that one walk visits into runs (cpu_kernels.h's QuantRun) and hands each run to
 // call(run, t0, t1, firstPage, a): run slots [t0, t1), the run's first page index and the absolute token of slot t0.
 // Runs hold at most kRunPages pages (4096 tokens at the default 256), which keeps the per-call setup negligible.
@@ -336,8 +344,8 @@ template <class CALL>
 class PageRuns {
  public:
   static constexpr int kRunPages = 16;
-  PageRuns(const LayerView& v, const MatrixLayout& L, const MatrixFormat& f, int kh, CALL&& call)
-      : v_(v), L_(L), f_(f), kh_(kh), call_(call) {}
+  PageRuns(const LayerView& v, const MatrixLayout& L, const MatrixFormat& f, int kh, CALL call)
+      : v_(v), L_(L), f_(f), kh_(kh), call_(std::move(call)) {}
   // walk()'s page callback: page p's slots [s0, s1) start at absolute token a; more: the walk goes on in page p + 1.
   void add(int p, int s0, int s1, int a, bool more) {
     if (count_ == kRunPages) flush();
@@ -346,8 +354,7 @@ class PageRuns {
       t0_ = s0;
       a_ = a;
     }
-    pages_[count_] = headRef(v_, L_, f_, p, kh_);
-    if (more) pages_[count_].setNext(headRef(v_, L_, f_, p + 1, kh_));
+    pages_[count_] = walkRef(v_, L_, f_, p, kh_, more);
     t1_ = count_ * v_.pageTokens + s1;
     count_++;
   }
@@ -400,14 +407,13 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
     auto innerq = [&](const QuantRun& run, int t0, int t1, int, int a) {
       k_->scoresRowI8(run, f, d, t0, t1, q, rb, sOut + a, lds);
     };
-    PageRuns<decltype(innerq)> runs(v, v.layout.keys, f, kh, std::move(innerq));
+    PageRuns<decltype(innerq)> runs(v, v.layout.keys, f, kh, innerq);
     walk(
         v, Matrix::Keys, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->scoresFp16(rows, ld, n, d, qs, rb, sOut + a, lds, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
           if (f.orientation == kRowGrouped) return runs.add(p, s0, s1, a, more);
-          QuantRef m = headRef(v, v.layout.keys, f, p, kh);
-          if (more) m.setNext(headRef(v, v.layout.keys, f, p + 1, kh));
+          const QuantRef m = walkRef(v, v.layout.keys, f, p, kh, more);
           if (f.orientation == kFp16Rows) {
             k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds,
                            (const uint16_t*)m.nextCodes);
@@ -436,14 +442,13 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
       const U8Set ps{pq.q + base, pq.ld, pq.sigma + base / 32, pq.sigmaSum + base / 32, pq.ld / 32};
       k_->wsumColI8(run, f, d, t0 / f.groupSize, t1 / f.groupSize, ps, rb, ob);
     };
-    PageRuns<decltype(innerq)> runs(v, v.layout.values, f, kh, std::move(innerq));
+    PageRuns<decltype(innerq)> runs(v, v.layout.values, f, kh, innerq);
     walk(
         v, Matrix::Values, kh, a0, a1,
         [&](const uint16_t* rows, size_t ld, int a, int n) { k_->wsumFp16(rows, ld, n, d, pIn + a, ldp, rb, ob, nullptr); },
         [&](int p, int s0, int s1, int a, bool more) {
           if (f.orientation == kColGrouped) return runs.add(p, s0, s1, a, more);
-          QuantRef m = headRef(v, v.layout.values, f, p, kh);
-          if (more) m.setNext(headRef(v, v.layout.values, f, p + 1, kh));
+          const QuantRef m = walkRef(v, v.layout.values, f, p, kh, more);
           if (f.orientation == kFp16Rows) {
             k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob,
                          (const uint16_t*)m.nextCodes);
