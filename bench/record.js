@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // npm run bench:record — runs `innerq bench` and `innerq eval` at their defaults on this machine and writes
-// bench/results/cpu-<cpu model>-<cores>c.{json,md,svg} (the JSON holds both runs in full). Extra arguments go
+// bench/results/cpu-<cpu model>[-<microarchitecture>]-<cores>c.{json,md,svg} (the JSON holds both runs in full). Extra arguments go
 // to `innerq bench` (e.g. `npm run bench:record -- --quick`). Needs the build (`node scripts/build.js`).
 // `node bench/record.js --render <results.json>` re-renders the .md and .svg of a recorded .json.
 'use strict';
@@ -37,7 +37,16 @@ const outDir = path.join(root, 'bench', 'results');
 fs.mkdirSync(outDir, { recursive: true });
 const cpus = os.cpus();
 const model = (cpus[0] ? cpus[0].model : 'unknown').toLowerCase().replace(/\(r\)|\(tm\)|processor|cpu/g, '').replace(/[^a-z0-9.]+/g, '-').replace(/^-+|-+$/g, '');
-const base = path.join(outDir, `cpu-${model}-${cpus.length}c`);
+// The microarchitecture goes into the name where it is known: VMs of different core designs can report the same
+// model string ("AMD EPYC"), and a record must not overwrite another machine class's.
+let uarch = null;
+try {
+  const id = require(path.join(root, 'dist', 'cli', 'common.js')).parseCpuInfo(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  uarch = id && id.microarchitecture;
+} catch {
+  uarch = null;
+}
+const base = path.join(outDir, `cpu-${model}${uarch ? `-${uarch}` : ''}-${cpus.length}c`);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'innerq-record-'));
 
 function run(args) {

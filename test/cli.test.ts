@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { syntheticKV } from '../lib/synthetic';
 import { backends } from '../lib/backends';
+import { microarchitectureOf, parseCpuInfo } from '../lib/cli/common';
 
 const ROOT = path.resolve(__dirname, '..');
 const MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -111,7 +112,10 @@ describe('bench', () => {
     expect(r.stdout).toContain('read bandwidth');
     const j = JSON.parse(fs.readFileSync(json, 'utf8'));
     expect(j.tool).toBe('innerq bench');
-    for (const k of ['cpuModel', 'cores', 'totalMemoryBytes', 'node', 'backends']) expect(j.machine).toHaveProperty(k);
+    for (const k of ['cpuModel', 'cpuId', 'cores', 'totalMemoryBytes', 'node', 'backends']) expect(j.machine).toHaveProperty(k);
+    if (fs.existsSync('/proc/cpuinfo') && ['x64', 'ia32'].includes(process.arch)) {
+      expect(j.machine.cpuId).toMatchObject({ vendor: expect.any(String), family: expect.any(Number), model: expect.any(Number) });
+    }
     expect(j.parameters).toMatchObject({ layers: 2, qHeads: 4, kvHeads: 2, headDim: 64, contexts: [256, 512], presets: ['fp16', 'kivi-2', 'innerq'] });
     expect(j.bandwidth.gbps['1']).toBeGreaterThan(0);
     const kinds = new Set(j.rows.map((x: { kind: string }) => x.kind));
@@ -152,6 +156,30 @@ describe('bench', () => {
       for (const row of j.rows) expect(row.kernels).toBe(table);
       expect(r.stdout).toContain(`cpu/${table}`);
     }
+  });
+});
+
+describe('machine identity', () => {
+  test('the microarchitecture comes from the vendor, family and model numbers', () => {
+    expect(microarchitectureOf('AuthenticAMD', 26, 2)).toBe('zen5');
+    expect(microarchitectureOf('AuthenticAMD', 25, 0x11)).toBe('zen4');
+    expect(microarchitectureOf('AuthenticAMD', 25, 0xa0)).toBe('zen4');
+    expect(microarchitectureOf('AuthenticAMD', 25, 0x01)).toBe('zen3');
+    expect(microarchitectureOf('AuthenticAMD', 25, 0x21)).toBe('zen3');
+    expect(microarchitectureOf('AuthenticAMD', 23, 0x31)).toBe('zen2');
+    expect(microarchitectureOf('AuthenticAMD', 23, 0x01)).toBe('zen1');
+    expect(microarchitectureOf('AuthenticAMD', 27, 0)).toBeNull();
+    expect(microarchitectureOf('GenuineIntel', 6, 143)).toBeNull();
+  });
+  test('parseCpuInfo reads the first processor block and refuses text without the fields', () => {
+    const text = 'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n' +
+      'processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n';
+    expect(parseCpuInfo(text)).toEqual({ vendor: 'AuthenticAMD', family: 26, model: 2, microarchitecture: 'zen5' });
+    expect(parseCpuInfo('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n')).toEqual({
+      vendor: 'GenuineIntel', family: 6, model: 85, microarchitecture: null,
+    });
+    expect(parseCpuInfo('processor\t: 0\nmodel name\t: something\n')).toBeNull();
+    expect(parseCpuInfo('')).toBeNull();
   });
 });
 

@@ -8,7 +8,7 @@
 // start to the last worker's end, so that workers which happen not to overlap cannot be counted as concurrent
 // (dividing by the slowest worker's own time would credit them with twice a single thread's bandwidth). The best of
 // several repetitions is kept (the sustainable peak, not an average disturbed by others). On the shared 2-vCPU VM
-// of bench/results/cpu-amd-epyc-2c.* the two-thread figure itself varies with the neighbours: 36-37 GB/s most of
+// of bench/results/cpu-amd-epyc-zen4-2c.* the two-thread figure itself varies with the neighbours: 36-37 GB/s most of
 // the time, 55-63 GB/s in other minutes, with every repetition overlapping (checked from the workers' spans).
 import { Worker } from 'worker_threads';
 

@@ -75,6 +75,8 @@ export class Progress {
 
 export interface MachineInfo {
   cpuModel: string;
+  /** vendor, family and model numbers from /proc/cpuinfo (Linux x86), or null elsewhere; see cpuIdentity */
+  cpuId: CpuIdentity | null;
   cores: number;
   totalMemoryBytes: number;
   freeMemoryBytes: number;
@@ -87,6 +89,55 @@ export interface MachineInfo {
   l3Bytes: number | null;
   backends: BackendsInfo;
   date: string;
+}
+
+/**
+ * Which core design a CPU is. Cloud VMs often report only "AMD EPYC" as the model name, yet the core behind it
+ * changes what the kernels can do (AVX-512 issue rules, memory system), so results recorded on two such machines
+ * must not be confused. The microarchitecture is named where the vendor's family/model numbering says it
+ * unambiguously (AMD: family 23 = Zen 1/Zen+/Zen 2, 25 = Zen 3/Zen 4 by model range, 26 = Zen 5); otherwise null.
+ */
+export interface CpuIdentity {
+  vendor: string;
+  family: number;
+  model: number;
+  microarchitecture: string | null;
+}
+
+/** AMD family 25 (19h) model ranges of Zen 4 parts (Genoa, Raphael, Phoenix, Bergamo/Siena); the rest are Zen 3. */
+const ZEN4_MODEL_RANGES: Array<[number, number]> = [
+  [0x10, 0x1f],
+  [0x60, 0x7f],
+  [0xa0, 0xaf],
+];
+
+export function microarchitectureOf(vendor: string, family: number, model: number): string | null {
+  if (vendor !== 'AuthenticAMD') return null;
+  if (family === 23) return model >= 0x30 ? 'zen2' : 'zen1';
+  if (family === 25) return ZEN4_MODEL_RANGES.some(([lo, hi]) => model >= lo && model <= hi) ? 'zen4' : 'zen3';
+  if (family === 26) return 'zen5';
+  return null;
+}
+
+/** Parses the first processor block of /proc/cpuinfo text; null when a field is missing. */
+export function parseCpuInfo(text: string): CpuIdentity | null {
+  const field = (name: string): string | null => {
+    const m = new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(text);
+    return m ? m[1].trim() : null;
+  };
+  const vendor = field('vendor_id');
+  const family = Number(field('cpu family'));
+  const model = Number(field('model'));
+  if (vendor === null || !Number.isInteger(family) || !Number.isInteger(model)) return null;
+  return { vendor, family, model, microarchitecture: microarchitectureOf(vendor, family, model) };
+}
+
+function cpuIdentity(): CpuIdentity | null {
+  try {
+    return parseCpuInfo(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return null;
+  }
 }
 
 /** The largest cache level sysfs reports for cpu0 ("48M", "32768K"), or null. */
@@ -110,6 +161,7 @@ export function machineInfo(): MachineInfo {
   const cpus = os.cpus();
   return {
     cpuModel: cpus[0]?.model?.trim() ?? 'unknown',
+    cpuId: cpuIdentity(),
     cores: cpus.length,
     totalMemoryBytes: os.totalmem(),
     freeMemoryBytes: os.freemem(),
@@ -125,7 +177,10 @@ export function machineInfo(): MachineInfo {
 }
 
 export function describeMachine(m: MachineInfo): string {
-  return `${m.cpuModel}, ${m.cores} cores, ${(m.totalMemoryBytes / 2 ** 30).toFixed(1)} GiB RAM, node ${m.node}, ${m.platform}/${m.arch}, load average ${m.loadAverage.join(' ')}`;
+  const id = m.cpuId
+    ? ` (${m.cpuId.vendor} family ${m.cpuId.family} model ${m.cpuId.model}${m.cpuId.microarchitecture ? `, ${m.cpuId.microarchitecture}` : ''})`
+    : '';
+  return `${m.cpuModel}${id}, ${m.cores} cores, ${(m.totalMemoryBytes / 2 ** 30).toFixed(1)} GiB RAM, node ${m.node}, ${m.platform}/${m.arch}, load average ${m.loadAverage.join(' ')}`;
 }
 
 export interface Column<R> {
