@@ -21,4 +21,5 @@ done
 wait
 $CXX $FLAGS test/native/cpu/test_cpu.cpp "${objs[@]}" -o "$out/test_cpu" -pthread
 $CXX $FLAGS bench/native/cpu_gemv.cpp "${objs[@]}" -o "$out/cpu_gemv" -pthread
-echo "built $out/test_cpu $out/cpu_gemv"
+$CXX $FLAGS bench/native/kernel_cycles.cpp "${objs[@]}" -o "$out/kernel_cycles" -pthread
+echo "built $out/test_cpu $out/cpu_gemv $out/kernel_cycles"

@@ -1,0 +1,169 @@
+// kernel_cycles.cpp - single-thread micro-benchmark of the InnerQ integer kernels alone (not a test): cycles per token
+// and kv head (4 query heads x 128 channels, G = 32) of one kernel table's scoresRowI8 (keys, symmetric) and
+// wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does.
+// Build with test/native/cpu/build.sh, run:
+//   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9]
+// Working sets: "L1" 512 tokens called over and over (the kernel's issue rate), "L2" 4096 tokens, "L3" 8 copies of
+// 16384 tokens (~7 MiB of 3-bit keys), "DRAM" 64 copies (~58 MiB). The sets are timed in interleaved rounds and
+// medians are reported. Pin it (taskset -c 0) for steadier figures; on a shared VM the DRAM figures move from
+// minute to minute.
+//
+// Core cycles come from the TSC scaled by the core clock, measured first with a chain of dependent scalar adds (one
+// per core cycle); on CPUs whose clock moves under load the scale is an estimate, so TSC cycles are printed too.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+#include "../../csrc/cpu/cpu_backend.h"
+#include "../../csrc/cpu/cpu_kernels.h"
+
+using namespace innerq;
+using namespace innerq::cpu;
+
+namespace {
+
+uint64_t ticks() {
+#if defined(__x86_64__)
+  return __rdtsc();
+#else
+  return (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+#endif
+}
+
+// Core cycles per tick: 4e8 dependent adds take 4e8 core cycles.
+double coreCyclesPerTick() {
+#if defined(__x86_64__)
+  uint64_t x = 1;
+  const long n = 100000000;
+  const uint64_t t0 = ticks();
+  for (long i = 0; i < n; i++) asm volatile("add %0, %0\n\tadd %0, %0\n\tadd %0, %0\n\tadd %0, %0" : "+r"(x));
+  return 4.0 * n / (double)(ticks() - t0);
+#else
+  return 0;  // ticks are nanoseconds here: no core-cycle estimate
+#endif
+}
+
+struct Slices {  // `copies` runs of `pages` pages of one head's slices
+  std::vector<std::vector<QuantRef>> runs;
+  std::vector<void*> owned;
+  ~Slices() {
+    for (void* p : owned) std::free(p);
+  }
+};
+
+constexpr int kD = 128, kR = 4, kPage = 256, kG = 32, kRunPages = 16;
+
+void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt19937& rng) {
+  const int pages = tokens / kPage;
+  const size_t codeBytes = (size_t)kPage * kD * f.bits / 8, halves = (size_t)kPage * kD / kG;
+  auto alloc = [&](size_t n) {
+    void* p = std::aligned_alloc(64, (n + 63) & ~(size_t)63);
+    s.owned.push_back(p);
+    return p;
+  };
+  s.runs.assign(copies, {});
+  for (auto& run : s.runs) {
+    for (int p = 0; p < pages; p++) {
+      auto* codes = (uint8_t*)alloc(codeBytes);
+      auto* scales = (uint16_t*)alloc(halves * 2);
+      auto* zeros = (uint16_t*)alloc(halves * 2);
+      for (size_t i = 0; i < codeBytes; i++) codes[i] = (uint8_t)rng();
+      for (size_t i = 0; i < halves; i++) {  // small normal binary16 scales; hybrid groups flagged at random
+        const bool asym = f.mode == kHybrid && (rng() & 1);
+        scales[i] = (uint16_t)(0x2c00 | (rng() & 0x3ff) | (asym ? 0x8000 : 0));
+        zeros[i] = (uint16_t)(0x2c00 | (rng() & 0x3ff));
+      }
+      run.push_back(QuantRef{codes, scales, f.mode == kSym ? nullptr : zeros});
+    }
+    for (int p = 0; p + 1 < pages; p++) run[p].setNext(run[p + 1]);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int table = argc > 1 ? std::atoi(argv[1]) : 2;
+  const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 9;
+  const CpuFeatures feat = cpuFeatures();
+  const Kernels& K = table <= 0 ? portableKernels()
+                     : table == 1 || !feat.avx512vnni ? (feat.avx2 && feat.fma && feat.f16c ? avx2Kernels() : portableKernels())
+                                                      : avx512Kernels();
+  const double scale = coreCyclesPerTick();
+  std::printf("kernel_cycles: table %s, one thread, kv head of %d query heads x d %d, G %d, pages of %d tokens in runs of %d\n",
+              K.name, kR, kD, kG, kPage, kRunPages);
+  if (scale > 0)
+    std::printf("core cycles per TSC tick %.3f (dependent adds); figures: median core cycles per token and kv head [TSC ticks]\n", scale);
+  else
+    std::printf("no TSC on this architecture: figures are median nanoseconds per token and kv head\n");
+
+  struct Set {
+    const char* name;
+    int tokens, copies;
+  };
+  const Set sets[] = {{"L1", 512, 1}, {"L2", 4096, 1}, {"L3", 16384, 8}, {"DRAM", 16384, 64}};
+  std::mt19937 rng(1);
+  std::vector<int8_t> q8(kR * kD);
+  for (auto& x : q8) x = (int8_t)((int)(rng() % 255) - 127);
+  std::vector<float> sigma(kR * kD / 32, 0.01f), sigmaSum(kR * kD / 32, 0.1f);
+  const I8Set q{q8.data(), (size_t)kD, sigma.data(), sigmaSum.data(), (size_t)kD / 32};
+  const int maxT = 16384;
+  std::vector<uint8_t> pu((size_t)kR * maxT);
+  for (auto& x : pu) x = (uint8_t)rng();
+  std::vector<float> ps((size_t)kR * maxT / 32, 1e-3f), pss((size_t)kR * maxT / 32, 0.1f);
+  const U8Set p{pu.data(), (size_t)maxT, ps.data(), pss.data(), (size_t)maxT / 32};
+  std::vector<float> scores((size_t)kR * maxT), out((size_t)kR * kD);
+
+  std::printf("%-26s %16s %16s %16s %16s\n", "kernel", "L1", "L2", "L3", "DRAM");
+  for (int values = 0; values < 2; values++)
+    for (int bits : {2, 3, 4}) {
+      const MatrixFormat f = values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, kSym};
+      std::vector<Slices> data(4);
+      for (int i = 0; i < 4; i++) build(data[i], f, sets[i].tokens, sets[i].copies, rng);
+      std::vector<std::vector<double>> t(4);
+      for (int round = 0; round < rounds + 1; round++)
+        for (int i = 0; i < 4; i++) {
+          const int tokens = sets[i].tokens, pages = tokens / kPage;
+          // L1/L2 sets repeat the same slices until ~16k tokens have been processed, so every figure is per token
+          const int repeats = std::max(1, 16384 / tokens);
+          const uint64_t t0 = ticks();
+          for (int rep = 0; rep < repeats; rep++)
+            for (auto& run : data[i].runs)
+              for (int p0 = 0; p0 < pages; p0 += kRunPages) {
+                const int count = std::min(kRunPages, pages - p0);
+                const QuantRun r{run.data() + p0, count, kPage};
+                if (values) {
+                  const U8Set pr{p.q + (size_t)p0 * kPage, p.ldq, p.sigma + (size_t)p0 * kPage / 32, p.sigmaSum + (size_t)p0 * kPage / 32, p.lds};
+                  K.wsumColI8(r, f, kD, 0, count * kPage / kG, pr, kR, out.data());
+                } else {
+                  K.scoresRowI8(r, f, kD, 0, count * kPage, q, kR, scores.data() + (size_t)p0 * kPage, (size_t)maxT);
+                }
+              }
+          const double per = (double)(ticks() - t0) / ((double)tokens * data[i].runs.size() * repeats);
+          if (round > 0) t[i].push_back(per);  // round 0 warms up
+        }
+      char label[64];
+      std::snprintf(label, sizeof label, "%s %d-bit %s", values ? "values" : "keys", bits, values ? "hybrid" : "sym");
+      std::printf("%-26s", label);
+      for (auto& x : t) {
+        std::sort(x.begin(), x.end());
+        const double med = x[x.size() / 2];
+        char cell[32];
+        if (scale > 0)
+          std::snprintf(cell, sizeof cell, "%.1f [%.1f]", med * scale, med);
+        else
+          std::snprintf(cell, sizeof cell, "%.2f ns", med);
+        std::printf(" %16s", cell);
+      }
+      std::printf("\n");
+    }
+  if (out[0] != out[0] || scores[0] != scores[0]) std::printf("(non-finite output)\n");  // keeps the results live
+  return 0;
+}
