@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 #include "quantize_head.h"
@@ -238,99 +239,125 @@ struct KeyQuery {
   }
 };
 
-// Scores for 8 tokens whose code rows and binary16 scales/zeros are given: s[h*lds + i] for i < cnt.
+// Scores for NG groups of 8 tokens (rows consecutive) whose code rows and binary16 scales/zeros are given:
+// s[h*lds + i] for i < cnt (cnt < 8 * NG only with NG = 1).
 // The group parameters are per (token, block): a = |scale|; for groups with a zero point bz = zero (asymmetric) or
 // -a*2^(b-1) (symmetric), and score += a*sigma*D + bz*sigmaSum. Symmetric-only matrices (ZEROS = false) fold the
 // offset into the integer sum instead: D - 2^(b-1) * S is exact, where S (the sum of the query slice's codes) is
 // the accumulator's start value. The float work (convert, scale, accumulate) runs once per block pair and head on
 // 16 lanes; the two blocks' lanes are added once per 8 tokens at the end.
-template <int BITS, bool ZEROS, int R, int D>
-inline void keyTokens8(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const KeyQuery& kq, float* s,
-                       size_t lds, int cnt) {
+// NG = 2 runs two 8-token groups side by side: each query vector then feeds two vpdpbusd and the scheduler finds 2R
+// independent chains and two groups' code extraction in one window. On Zen 5 (kernel_cycles, single thread, r = 4,
+// d = 128) that took 3-bit keys from 6.5-7.0 to 6.4 TSC cycles per token and kv head L1-resident and from 12.2-12.7
+// to 10.6-11.0 from DRAM, 2-bit keys 5.0 -> 4.5 (L1); 4-bit keys were slower from L2 and beyond (6.9 -> 7.9), so
+// they keep NG = 1 (see keysPageVnni).
+template <int BITS, bool ZEROS, int R, int D, int NG = 1>
+inline void keyTokens(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const KeyQuery& kq, float* s,
+                      size_t lds, int cnt) {
   constexpr int n = D / 32, pairs = D / 64, ROW = n * avxBlockBytes(BITS);
-  __m512 acc[R];
-  for (int h = 0; h < R; h++) acc[h] = _mm512_setzero_ps();
+  __m512 acc[NG][R];
+  for (int u = 0; u < NG; u++)
+    for (int h = 0; h < R; h++) acc[u][h] = _mm512_setzero_ps();
   const float off = (float)avxSymOffset(BITS);
   for (int ch = 0; ch < D / 128; ch++) {
-    KeyChunk<BITS> chunk;
-    chunk.template load<ROW>(rows + ch * 4 * avxBlockBytes(BITS));
-    // The 8 tokens' 4 scales of this chunk (token t's n scales are at sc + t*n) as 32 binary16: [t][block].
-    const __m512i raw = chunkHalves(sc, n, ch);
-    const __m512 f0 = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), f1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
-    __m512 z0 = f0, z1 = f1;
-    if (ZEROS) {
-      const __m512i rz = chunkHalves(zr, n, ch);
-      z0 = _mm512_cvtph_ps(_mm512_castsi512_si256(rz));
-      z1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(rz, 1));
+    KeyChunk<BITS> chunk[NG];
+    __m512 f0[NG], f1[NG], z0[NG], z1[NG];
+    for (int u = 0; u < NG; u++) {
+      chunk[u].template load<ROW>(rows + (size_t)8 * u * ROW + ch * 4 * avxBlockBytes(BITS));
+      // The 8 tokens' 4 scales of this chunk (token t's n scales are at sc + t*n) as 32 binary16: [t][block].
+      const __m512i raw = chunkHalves(sc + 8 * u * n, n, ch);
+      f0[u] = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
+      f1[u] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+      z0[u] = f0[u];
+      z1[u] = f1[u];
+      if (ZEROS) {
+        const __m512i rz = chunkHalves(zr + 8 * u * n, n, ch);
+        z0[u] = _mm512_cvtph_ps(_mm512_castsi512_si256(rz));
+        z1[u] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(rz, 1));
+      }
     }
 #pragma GCC unroll 2
     for (int bp = 0; bp < 2; bp++) {
       // lane t (< 8) <- float index 4t + 2bp of (f0 | f1), lane 8 + t <- 4t + 2bp + 1
       const __m512i ib = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29),
                                           _mm512_set1_epi32(2 * bp));
-      const __m512 sg = _mm512_permutex2var_ps(f0, ib, f1);
-      const __m512 a = _mm512_abs_ps(sg);
-      __m512 bz = a;
-      if (ZEROS) {
-        const __mmask16 asym = _mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u));
-        bz = _mm512_mask_blend_ps(asym, _mm512_mul_ps(a, _mm512_set1_ps(-off)), _mm512_permutex2var_ps(z0, ib, z1));
+      __m512 a[NG], bz[NG];
+      __m512i c[NG][8];
+      for (int u = 0; u < NG; u++) {
+        const __m512 sg = _mm512_permutex2var_ps(f0[u], ib, f1[u]);
+        a[u] = _mm512_abs_ps(sg);
+        bz[u] = a[u];
+        if (ZEROS) {
+          const __mmask16 asym = _mm512_test_epi32_mask(_mm512_castps_si512(sg), _mm512_set1_epi32((int)0x80000000u));
+          bz[u] = _mm512_mask_blend_ps(asym, _mm512_mul_ps(a[u], _mm512_set1_ps(-off)), _mm512_permutex2var_ps(z0[u], ib, z1[u]));
+        }
+        chunk[u].pair(bp, c[u]);
       }
-      __m512i c[8];
-      chunk.pair(bp, c);
       const int pi = 2 * ch + bp;  // block pair index in the row
       // The heads' dependency chains interleaved (code vector outer, head inner): the scheduler then always finds R
       // independent vpdpbusd (latency 4, one issued per cycle), where head-by-head order left it waiting on one
       // chain; 2-3 % faster L1-resident (build-cpu microbenchmark), as was splitting each chain in two before.
-      __m512i Dh[R];
-      for (int h = 0; h < R; h++) Dh[h] = ZEROS ? _mm512_setzero_si512() : kq.start[h * pairs + pi];
+      __m512i Dh[NG][R];
+      for (int u = 0; u < NG; u++)
+        for (int h = 0; h < R; h++) Dh[u][h] = ZEROS ? _mm512_setzero_si512() : kq.start[h * pairs + pi];
       for (int g = 0; g < 8; g++)
-        for (int h = 0; h < R; h++) Dh[h] = _mm512_dpbusd_epi32(Dh[h], c[g], kq.qv[8 * (h * pairs + pi) + g]);
-      for (int h = 0; h < R; h++) {
-        const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dh[h]), kq.sigma[h * pairs + pi]);
-        acc[h] = _mm512_fmadd_ps(x, a, acc[h]);
-        if (ZEROS) acc[h] = _mm512_fmadd_ps(bz, kq.sigmaSum[h * pairs + pi], acc[h]);
+        for (int h = 0; h < R; h++) {
+          const __m512i qv = _mm512_load_si512(&kq.qv[8 * (h * pairs + pi) + g]);
+          for (int u = 0; u < NG; u++) Dh[u][h] = _mm512_dpbusd_epi32(Dh[u][h], c[u][g], qv);
+        }
+      for (int u = 0; u < NG; u++)
+        for (int h = 0; h < R; h++) {
+          const __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(Dh[u][h]), kq.sigma[h * pairs + pi]);
+          acc[u][h] = _mm512_fmadd_ps(x, a[u], acc[u][h]);
+          if (ZEROS) acc[u][h] = _mm512_fmadd_ps(bz[u], kq.sigmaSum[h * pairs + pi], acc[u][h]);
+        }
+    }
+  }
+  for (int u = 0; u < NG; u++)
+    for (int h = 0; h < R; h++) {
+      const __m256 v = sumHalves(acc[u][h]);  // token t: the sums over the even and the odd blocks
+      if (cnt == 8 * NG) {
+        _mm256_storeu_ps(s + h * lds + 8 * u, v);
+      } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, v);
+        for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
       }
     }
-  }
-  for (int h = 0; h < R; h++) {
-    const __m256 v = sumHalves(acc[h]);  // token t: the sums over the even and the odd blocks
-    if (cnt == 8) {
-      _mm256_storeu_ps(s + h * lds, v);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, v);
-      for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
-    }
-  }
 }
 
-// Page slots [t0, t1) of one page; s[h*lds + (t - t0)].
+// Prefetches the code rows [row, row + rows) of one page and their scales (and zeros) into L1 (L2 for 4-bit codes).
+template <int BITS, bool ZEROS, int D>
+inline void prefetchKeyRows(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
+  for (int o = 0; o < rows * ROW; o += 64) prefetchCodeLine<BITS>(codes + row * ROW + o);
+  for (int o = 0; o < rows * n; o += 32) _mm_prefetch((const char*)(scales + row * n + o), _MM_HINT_T0);
+  if (ZEROS)
+    for (int o = 0; o < rows * n; o += 32) _mm_prefetch((const char*)(zeros + row * n + o), _MM_HINT_T0);
+}
+
+// Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Steps of 8 * NG tokens (NG = 2 below 4 bits, see
+// keyTokens), then 8, then a tail.
 template <int BITS, bool ZEROS, int R, int D>
 void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* s, size_t lds) {
-  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS), NG = BITS <= 3 ? 2 : 1;
+  // The hardware streamer follows one sequential stream well; a prefetch ~3 KiB of codes ahead (64 tokens at 3
+  // bits and d = 128; 16 tokens had measured 2-3 % slower steps, paired) covers the gaps, and runs on into the
+  // next page (m.nextCodes) at the end of this one, whose first rows would otherwise stall.
+  // The scales (and zeros) are streams of their own, prefetched the same distance ahead.
+  constexpr int kAhead = 3072 / ROW / 8 * 8 < 16 ? 16 : 3072 / ROW / 8 * 8;
+  auto step = [&](int tb, auto G) {
+    constexpr int ng = decltype(G)::value;
+    if (tb + kAhead < t1)
+      prefetchKeyRows<BITS, ZEROS, D>(m.codes, m.scales, m.zeros, (size_t)tb + kAhead, 8 * ng);
+    else if (m.nextCodes)
+      prefetchKeyRows<BITS, ZEROS, D>(m.nextCodes, m.nextScales, m.nextZeros, (size_t)(tb + kAhead - t1), 8 * ng);
+    keyTokens<BITS, ZEROS, R, D, ng>(m.codes + (size_t)tb * ROW, m.scales + (size_t)tb * n,
+                                     ZEROS ? m.zeros + (size_t)tb * n : nullptr, kq, s + (tb - t0), lds, 8 * ng);
+  };
   int tb = t0;
-  for (; tb + 8 <= t1; tb += 8) {
-    const uint8_t* rows = m.codes + (size_t)tb * ROW;
-    // The hardware streamer follows one sequential stream well; a prefetch ~3 KiB of codes ahead (64 tokens at 3
-    // bits and d = 128; 16 tokens had measured 2-3 % slower steps, paired) covers the gaps, and runs on into the
-    // next page (m.nextCodes) at the end of this one, whose first rows would otherwise stall.
-    // The scales (and zeros) are streams of their own, 8 tokens = n * 16 bytes, prefetched the same distance ahead.
-    constexpr int kAhead = 3072 / ROW / 8 * 8 < 16 ? 16 : 3072 / ROW / 8 * 8;
-    const bool inPage = tb + kAhead < t1;
-    const size_t aheadRow = inPage ? (size_t)tb + kAhead : (size_t)(tb + kAhead - t1);
-    const uint8_t* ahead = inPage ? m.codes : m.nextCodes;
-    if (ahead) {
-      for (int o = 0; o < 8 * ROW; o += 64) prefetchCodeLine<BITS>(ahead + aheadRow * ROW + o);
-      const uint16_t* sa = inPage ? m.scales : m.nextScales;
-      for (int o = 0; o < 8 * n; o += 32) _mm_prefetch((const char*)(sa + aheadRow * n + o), _MM_HINT_T0);
-      if (ZEROS) {
-        const uint16_t* za = inPage ? m.zeros : m.nextZeros;
-        for (int o = 0; o < 8 * n; o += 32) _mm_prefetch((const char*)(za + aheadRow * n + o), _MM_HINT_T0);
-      }
-    }
-    keyTokens8<BITS, ZEROS, R, D>(rows, m.scales + (size_t)tb * n, ZEROS ? m.zeros + (size_t)tb * n : nullptr, kq,
-                                  s + (tb - t0), lds, 8);
-  }
+  for (; tb + 8 * NG <= t1; tb += 8 * NG) step(tb, std::integral_constant<int, NG>{});
+  for (; tb + 8 <= t1; tb += 8) step(tb, std::integral_constant<int, 1>{});
   if (tb < t1) {  // tail: copies of the rows, the missing ones repeating the last token (their results are not stored)
     const int cnt = t1 - tb;
     alignas(64) uint8_t rows[8 * ROW + 64];
@@ -341,7 +368,7 @@ void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* 
       std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
       if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
     }
-    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
+    keyTokens<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
   }
 }
 
