@@ -71,3 +71,15 @@ test('the AVX objects define no weak symbols that the linker could pick for port
   }
   expect(weak).toEqual([]);
 });
+
+test('CPU code prefetches only through prefetchLine (csrc/cpu/prefetch.h)', () => {
+  // GCC deletes a call to a function that is not inlined and only prefetches (it counts as `const`), which
+  // silently removed the fp16-window and hybrid-key prefetches once; prefetchLine's asm volatile cannot be deleted.
+  const dir = path.join(root, 'csrc/cpu');
+  const offenders = fs
+    .readdirSync(dir)
+    .filter((f) => /\.(cpp|h)$/.test(f) && f !== 'prefetch.h')
+    .filter((f) => /_mm_prefetch\s*\(|__builtin_prefetch\s*\(/.test(fs.readFileSync(path.join(dir, f), 'utf8')));
+  expect(offenders).toEqual([]);
+  expect(fs.readFileSync(path.join(dir, 'kernels_avx512.cpp'), 'utf8')).toContain('prefetchLine<');
+});

@@ -24,6 +24,7 @@
 
 #include "../../kernels/quantizer.cuh"
 #include "cpu_kernels.h"
+#include "prefetch.h"
 
 namespace innerq {
 
@@ -309,12 +310,13 @@ void walk(const LayerView& v, Matrix m, int kh, int a0, int a1, F16&& fp16, PAGE
 // but each is a separate 256-byte piece of a [token][kvHeads * d] row, and the fp16 kernels met them cold (their
 // own prefetch starts 24 rows in), which cost ~1.9 ms of a 27 ms step at 16k tokens. Issued together, their misses
 // overlap; the sink keys are read at once, the other rows after the chunk's quantized codes (~200 KiB per matrix),
-// so they are still in L2 (1 MiB) when the kernels reach them.
+// so they are still in L2 (1 MiB) when the kernels reach them. (GCC had compiled this function away for a while,
+// see prefetch.h; restored on 2026-12-06 it made no difference to the 16k step beyond the noise.)
 void prefetchWindows(const LayerView& v, int kh, int a0, int a1) {
   const size_t rowBytes = (size_t)v.headDim * 2;
   const auto rows = [&](const uint16_t* p, size_t ld, int, int n) {
     for (int i = 0; i < n; i++)
-      for (size_t o = 0; o < rowBytes; o += 64) __builtin_prefetch((const char*)(p + (size_t)i * ld) + o, 0, 2);
+      for (size_t o = 0; o < rowBytes; o += 64) prefetchLine<Prefetch::L2>((const char*)(p + (size_t)i * ld) + o);
   };
   const auto none = [](int, int, int, int, bool) {};
   walk(v, Matrix::Keys, kh, a0, a1, rows, none);

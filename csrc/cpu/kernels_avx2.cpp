@@ -368,9 +368,9 @@ void scoresRowI8FastR(const QuantRef& m, int d, int t0, int t1, const I8Set& q, 
     const int cnt = t1 - tb < 8 ? t1 - tb : 8;
     if (tb + kAhead + 8 <= t1) {
       const uint8_t* pc = m.codes + (size_t)(tb + kAhead) * rowBytes;
-      for (int off = 0; off < 8 * rowBytes; off += 64) _mm_prefetch((const char*)(pc + off), _MM_HINT_T0);
-      _mm_prefetch((const char*)(m.scales + (size_t)(tb + kAhead) * n), _MM_HINT_T0);
-      if (m.zeros) _mm_prefetch((const char*)(m.zeros + (size_t)(tb + kAhead) * n), _MM_HINT_T0);
+      for (int off = 0; off < 8 * rowBytes; off += 64) prefetchLine<Prefetch::L1>((const char*)(pc + off));
+      prefetchLine<Prefetch::L1>((const char*)(m.scales + (size_t)(tb + kAhead) * n));
+      if (m.zeros) prefetchLine<Prefetch::L1>((const char*)(m.zeros + (size_t)(tb + kAhead) * n));
     }
     for (int p = 0; p < 4; p++) {
       const int ta = tb + (2 * p < cnt ? 2 * p : cnt - 1), tc = tb + (2 * p + 1 < cnt ? 2 * p + 1 : cnt - 1);
@@ -433,10 +433,10 @@ void wsumColI8FastR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, fl
   for (int tg = g0; tg < g1; tg++) {
     if (tg + 2 < g1) {  // prefetch the token group after next (codes, scales, zeros), see scoresRowI8Fast
       const uint8_t* pc = m.codes + (size_t)(tg + 2) * d * bb;
-      for (int off = 0; off < d * bb; off += 64) _mm_prefetch((const char*)(pc + off), _MM_HINT_T0);
+      for (int off = 0; off < d * bb; off += 64) prefetchLine<Prefetch::L1>((const char*)(pc + off));
       for (int off = 0; off < d; off += 32) {
-        _mm_prefetch((const char*)(m.scales + (size_t)(tg + 2) * d + off), _MM_HINT_T0);
-        if (m.zeros) _mm_prefetch((const char*)(m.zeros + (size_t)(tg + 2) * d + off), _MM_HINT_T0);
+        prefetchLine<Prefetch::L1>((const char*)(m.scales + (size_t)(tg + 2) * d + off));
+        if (m.zeros) prefetchLine<Prefetch::L1>((const char*)(m.zeros + (size_t)(tg + 2) * d + off));
       }
     }
     for (int h = 0; h < r; h++)

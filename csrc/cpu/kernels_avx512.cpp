@@ -40,9 +40,9 @@ namespace {
 template <int BITS>
 inline void prefetchCodeLine(const void* p) {
   if (BITS == 4)
-    _mm_prefetch((const char*)p, _MM_HINT_T1);
+    prefetchLine<Prefetch::L2>(p);
   else
-    _mm_prefetch((const char*)p, _MM_HINT_T0);
+    prefetchLine<Prefetch::L1>(p);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -247,10 +247,12 @@ struct KeyQuery {
 // the accumulator's start value. The float work (convert, scale, accumulate) runs once per block pair and head on
 // 16 lanes; the two blocks' lanes are added once per 8 tokens at the end.
 // NG = 2 runs two 8-token groups side by side: each query vector then feeds two vpdpbusd and the scheduler finds 2R
-// independent chains and two groups' code extraction in one window. On Zen 5 (kernel_cycles, single thread, r = 4,
-// d = 128) that took 3-bit keys from 6.5-7.0 to 6.4 TSC cycles per token and kv head L1-resident and from 12.2-12.7
-// to 10.6-11.0 from DRAM, 2-bit keys 5.0 -> 4.5 (L1); 4-bit keys were slower from L2 and beyond (6.9 -> 7.9), so
-// they keep NG = 1 (see keysPageVnni).
+// independent chains and both groups' loads in one window. On Zen 5 (single thread, r = 4, d = 128, symmetric keys,
+// A/B in one process) that took 3-bit keys from 6.9 to 6.5 TSC cycles per token and kv head L1-resident and from
+// 11.8 to 8.4-9.1 from DRAM, 2-bit keys 5.2 -> 4.6 (L1) and 6.8 -> 5.8-6.0 (DRAM). It is used only there
+// (see keysPageVnni): 4-bit keys got slower from L2 on (7.2 -> 7.9 L2, 11.5 -> 14.8 DRAM), asymmetric/hybrid keys
+// (two more vectors per group) gained nothing (3-bit DRAM 9.8 -> 10.6), and at d = 256 (two channel chunks per
+// group) 3-bit keys went 19.4 -> 27.4 from DRAM.
 template <int BITS, bool ZEROS, int R, int D, int NG = 1>
 inline void keyTokens(const uint8_t* rows, const uint16_t* sc, const uint16_t* zr, const KeyQuery& kq, float* s,
                       size_t lds, int cnt) {
@@ -331,16 +333,16 @@ template <int BITS, bool ZEROS, int D>
 inline void prefetchKeyRows(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   for (int o = 0; o < rows * ROW; o += 64) prefetchCodeLine<BITS>(codes + row * ROW + o);
-  for (int o = 0; o < rows * n; o += 32) _mm_prefetch((const char*)(scales + row * n + o), _MM_HINT_T0);
+  for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
   if (ZEROS)
-    for (int o = 0; o < rows * n; o += 32) _mm_prefetch((const char*)(zeros + row * n + o), _MM_HINT_T0);
+    for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(zeros + row * n + o));
 }
 
-// Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Steps of 8 * NG tokens (NG = 2 below 4 bits, see
-// keyTokens), then 8, then a tail.
+// Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Steps of 8 * NG tokens (NG = 2 for symmetric 2- and 3-bit
+// keys at d = 128, see keyTokens), then 8, then a tail.
 template <int BITS, bool ZEROS, int R, int D>
 void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* s, size_t lds) {
-  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS), NG = BITS <= 3 ? 2 : 1;
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS), NG = BITS <= 3 && !ZEROS && D == 128 ? 2 : 1;
   // The hardware streamer follows one sequential stream well; a prefetch ~3 KiB of codes ahead (64 tokens at 3
   // bits and d = 128; 16 tokens had measured 2-3 % slower steps, paired) covers the gaps, and runs on into the
   // next page (m.nextCodes) at the end of this one, whose first rows would otherwise stall.
@@ -491,8 +493,8 @@ void valuesPageVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, fl
       const int j0 = 16 * c;
       for (size_t o = c * perChunk; o < (c + 1) * perChunk && o < nextBytes; o += 64) prefetchCodeLine<BITS>(next + o);
       for (size_t o = c * perChunkS; o < (c + 1) * perChunkS && o < sBytes; o += 64) {
-        _mm_prefetch(nextS + o, _MM_HINT_T0);
-        if (ZEROS) _mm_prefetch(nextZ + o, _MM_HINT_T0);
+        prefetchLine<Prefetch::L1>(nextS + o);
+        if (ZEROS) prefetchLine<Prefetch::L1>(nextZ + o);
       }
       __m512 acc[R];
       for (int h = 0; h < R; h++) acc[h] = _mm512_load_ps(accMem + h * d + j0);

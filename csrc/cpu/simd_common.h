@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cpu_kernels.h"
+#include "prefetch.h"
 
 namespace innerq {
 namespace cpu {
@@ -117,7 +118,7 @@ inline void withHeadCount(int r, F&& f) {
 inline void prefetchFp16Row(const uint16_t* rows, size_t ld, int n, const uint16_t* next, int a, int d) {
   const uint16_t* pr = a < n ? rows + (size_t)a * ld : next ? next + (size_t)(a - n) * ld : nullptr;
   if (pr)
-    for (int j = 0; j < d; j += 32) _mm_prefetch((const char*)(pr + j), _MM_HINT_T0);
+    for (int j = 0; j < d; j += 32) prefetchLine<Prefetch::L1>((const char*)(pr + j));
 }
 
 // _mm256_hadd_epi32 / _mm256_hadd_ps without vphaddd / vhaddps: those are 3 ops that issue once per two cycles on
