@@ -1,10 +1,12 @@
 // kernel_cycles.cpp - single-thread micro-benchmark of the InnerQ integer kernels alone (not a test): cycles per token
-// and kv head (4 query heads x 128 channels, G = 32) of one kernel table's scoresRowI8 (keys, symmetric) and
-// wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does.
+// and kv head (4 query heads x d channels, G = 32) of one kernel table's scoresRowI8 (keys; symmetric unless told
+// otherwise) and wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does.
 // Build with test/native/cpu/build.sh, run:
-//   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9]
+//   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9] [d=128: 128 or 256] [keys=sym: sym,
+//                           asym or hybrid]
+// (the avx512 key kernels take different paths for d = 256 and for keys with zero points: check those too.)
 // Working sets: "L1" 512 tokens called over and over (the kernel's issue rate), "L2" 4096 tokens, "L3" 8 copies of
-// 16384 tokens (~7 MiB of 3-bit keys), "DRAM" 64 copies (~58 MiB). The sets are timed in interleaved rounds and
+// 16384 tokens (~7 MiB of 3-bit keys at d = 128), "DRAM" 64 copies (~58 MiB). The sets are timed in interleaved rounds and
 // medians are reported. Pin it (taskset -c 0) for steadier figures; on a shared VM the DRAM figures move from
 // minute to minute.
 //
@@ -59,7 +61,8 @@ struct Slices {  // `copies` runs of `pages` pages of one head's slices
   }
 };
 
-constexpr int kD = 128, kR = 4, kPage = 256, kG = 32, kRunPages = 16;
+constexpr int kR = 4, kPage = 256, kG = 32, kRunPages = 16;
+int kD = 128;  // head dim, from the command line
 
 void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt19937& rng) {
   const int pages = tokens / kPage;
@@ -77,7 +80,7 @@ void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt1993
       auto* zeros = (uint16_t*)alloc(halves * 2);
       for (size_t i = 0; i < codeBytes; i++) codes[i] = (uint8_t)rng();
       for (size_t i = 0; i < halves; i++) {  // small normal binary16 scales; hybrid groups flagged at random
-        const bool asym = f.mode == kHybrid && (rng() & 1);
+        const bool asym = f.mode == kAsym || (f.mode == kHybrid && (rng() & 1));
         scales[i] = (uint16_t)(0x2c00 | (rng() & 0x3ff) | (asym ? 0x8000 : 0));
         zeros[i] = (uint16_t)(0x2c00 | (rng() & 0x3ff));
       }
@@ -92,6 +95,13 @@ void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt1993
 int main(int argc, char** argv) {
   const int table = argc > 1 ? std::atoi(argv[1]) : 2;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 9;
+  kD = argc > 3 ? std::atoi(argv[3]) : 128;
+  const std::string keyModeName = argc > 4 ? argv[4] : "sym";
+  const QuantMode keyMode = keyModeName == "asym" ? kAsym : keyModeName == "hybrid" ? kHybrid : kSym;
+  if ((kD != 128 && kD != 256) || (keyMode == kSym && keyModeName != "sym")) {
+    std::fprintf(stderr, "kernel_cycles: d must be 128 or 256 and keys sym, asym or hybrid (got %d, %s)\n", kD, keyModeName.c_str());
+    return 2;
+  }
   const CpuFeatures feat = cpuFeatures();
   const Kernels& K = table <= 0 ? portableKernels()
                      : table == 1 || !feat.avx512vnni ? (feat.avx2 && feat.fma && feat.f16c ? avx2Kernels() : portableKernels())
@@ -124,7 +134,7 @@ int main(int argc, char** argv) {
   std::printf("%-26s %16s %16s %16s %16s\n", "kernel", "L1", "L2", "L3", "DRAM");
   for (int values = 0; values < 2; values++)
     for (int bits : {2, 3, 4}) {
-      const MatrixFormat f = values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, kSym};
+      const MatrixFormat f = values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, keyMode};
       std::vector<Slices> data(4);
       for (int i = 0; i < 4; i++) build(data[i], f, sets[i].tokens, sets[i].copies, rng);
       std::vector<std::vector<double>> t(4);
@@ -150,7 +160,7 @@ int main(int argc, char** argv) {
           if (round > 0) t[i].push_back(per);  // round 0 warms up
         }
       char label[64];
-      std::snprintf(label, sizeof label, "%s %d-bit %s", values ? "values" : "keys", bits, values ? "hybrid" : "sym");
+      std::snprintf(label, sizeof label, "%s %d-bit %s", values ? "values" : "keys", bits, values ? "hybrid" : keyModeName.c_str());
       std::printf("%-26s", label);
       for (auto& x : t) {
         std::sort(x.begin(), x.end());
