@@ -62,11 +62,11 @@ struct Slices {  // `copies` runs of `pages` pages of one head's slices
 };
 
 constexpr int kR = 4, kPage = 256, kG = 32, kRunPages = 16;
-int kD = 128;  // head dim, from the command line
+int headDim = 128;  // from the command line
 
 void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt19937& rng) {
   const int pages = tokens / kPage;
-  const size_t codeBytes = (size_t)kPage * kD * f.bits / 8, halves = (size_t)kPage * kD / kG;
+  const size_t codeBytes = (size_t)kPage * headDim * f.bits / 8, halves = (size_t)kPage * headDim / kG;
   auto alloc = [&](size_t n) {
     void* p = std::aligned_alloc(64, (n + 63) & ~(size_t)63);
     s.owned.push_back(p);
@@ -95,11 +95,11 @@ void build(Slices& s, const MatrixFormat& f, int tokens, int copies, std::mt1993
 int main(int argc, char** argv) {
   const int table = argc > 1 ? std::atoi(argv[1]) : 2;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 9;
-  kD = argc > 3 ? std::atoi(argv[3]) : 128;
+  headDim = argc > 3 ? std::atoi(argv[3]) : 128;
   const std::string keyModeName = argc > 4 ? argv[4] : "sym";
   const QuantMode keyMode = keyModeName == "asym" ? kAsym : keyModeName == "hybrid" ? kHybrid : kSym;
-  if ((kD != 128 && kD != 256) || (keyMode == kSym && keyModeName != "sym")) {
-    std::fprintf(stderr, "kernel_cycles: d must be 128 or 256 and keys sym, asym or hybrid (got %d, %s)\n", kD, keyModeName.c_str());
+  if ((headDim != 128 && headDim != 256) || (keyMode == kSym && keyModeName != "sym")) {
+    std::fprintf(stderr, "kernel_cycles: d must be 128 or 256 and keys sym, asym or hybrid (got %d, %s)\n", headDim, keyModeName.c_str());
     return 2;
   }
   const CpuFeatures feat = cpuFeatures();
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
                                                       : avx512Kernels();
   const double scale = coreCyclesPerTick();
   std::printf("kernel_cycles: table %s, one thread, kv head of %d query heads x d %d, G %d, pages of %d tokens in runs of %d\n",
-              K.name, kR, kD, kG, kPage, kRunPages);
+              K.name, kR, headDim, kG, kPage, kRunPages);
   if (scale > 0)
     std::printf("core cycles per TSC tick %.3f (dependent adds); figures: median core cycles per token and kv head [TSC ticks]\n", scale);
   else
@@ -120,16 +120,16 @@ int main(int argc, char** argv) {
   };
   const Set sets[] = {{"L1", 512, 1}, {"L2", 4096, 1}, {"L3", 16384, 8}, {"DRAM", 16384, 64}};
   std::mt19937 rng(1);
-  std::vector<int8_t> q8(kR * kD);
+  std::vector<int8_t> q8(kR * headDim);
   for (auto& x : q8) x = (int8_t)((int)(rng() % 255) - 127);
-  std::vector<float> sigma(kR * kD / 32, 0.01f), sigmaSum(kR * kD / 32, 0.1f);
-  const I8Set q{q8.data(), (size_t)kD, sigma.data(), sigmaSum.data(), (size_t)kD / 32};
+  std::vector<float> sigma(kR * headDim / 32, 0.01f), sigmaSum(kR * headDim / 32, 0.1f);
+  const I8Set q{q8.data(), (size_t)headDim, sigma.data(), sigmaSum.data(), (size_t)headDim / 32};
   const int maxT = 16384;
   std::vector<uint8_t> pu((size_t)kR * maxT);
   for (auto& x : pu) x = (uint8_t)rng();
   std::vector<float> ps((size_t)kR * maxT / 32, 1e-3f), pss((size_t)kR * maxT / 32, 0.1f);
   const U8Set p{pu.data(), (size_t)maxT, ps.data(), pss.data(), (size_t)maxT / 32};
-  std::vector<float> scores((size_t)kR * maxT), out((size_t)kR * kD);
+  std::vector<float> scores((size_t)kR * maxT), out((size_t)kR * headDim);
 
   std::printf("%-26s %16s %16s %16s %16s\n", "kernel", "L1", "L2", "L3", "DRAM");
   for (int values = 0; values < 2; values++)
@@ -151,9 +151,9 @@ int main(int argc, char** argv) {
                 const QuantRun r{run.data() + p0, count, kPage};
                 if (values) {
                   const U8Set pr{p.q + (size_t)p0 * kPage, p.ldq, p.sigma + (size_t)p0 * kPage / 32, p.sigmaSum + (size_t)p0 * kPage / 32, p.lds};
-                  K.wsumColI8(r, f, kD, 0, count * kPage / kG, pr, kR, out.data());
+                  K.wsumColI8(r, f, headDim, 0, count * kPage / kG, pr, kR, out.data());
                 } else {
-                  K.scoresRowI8(r, f, kD, 0, count * kPage, q, kR, scores.data() + (size_t)p0 * kPage, (size_t)maxT);
+                  K.scoresRowI8(r, f, headDim, 0, count * kPage, q, kR, scores.data() + (size_t)p0 * kPage, (size_t)maxT);
                 }
               }
           const double per = (double)(ticks() - t0) / ((double)tokens * data[i].runs.size() * repeats);

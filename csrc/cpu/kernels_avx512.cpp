@@ -39,10 +39,7 @@ namespace {
 // prefetch as T1 slower too (K+V 2.56 -> 2.78 ms), so both stay T0.
 template <int BITS>
 inline void prefetchCodeLine(const void* p) {
-  if (BITS == 4)
-    prefetchLine<Prefetch::L2>(p);
-  else
-    prefetchLine<Prefetch::L1>(p);
+  prefetchLine<BITS == 4 ? Prefetch::L2 : Prefetch::L1>(p);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -359,7 +356,8 @@ void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* 
   };
   int tb = t0;
   for (; tb + 8 * NG <= t1; tb += 8 * NG) step(tb, std::integral_constant<int, NG>{});
-  for (; tb + 8 <= t1; tb += 8) step(tb, std::integral_constant<int, 1>{});
+  if constexpr (NG > 1)
+    for (; tb + 8 <= t1; tb += 8) step(tb, std::integral_constant<int, 1>{});
   if (tb < t1) {  // tail: copies of the rows, the missing ones repeating the last token (their results are not stored)
     const int cnt = t1 - tb;
     alignas(64) uint8_t rows[8 * ROW + 64];
