@@ -9,9 +9,15 @@ import { backendCases, maxOf, randomKV, randomVector, rng, testSeed } from './su
 //    (one query head) <= 1e-4 vs the fp64 reference. Products and sums run in fp32 over <= ~1300 tokens.
 //  - InnerQ integer paths of the cpu backend: the folded query and the probabilities are quantized to int8 per
 //    32-slice once per step (DESIGN.md §3), so the error is not a fixed fraction: every output element is
-//    checked against the bound derived in int8Bound() below, and rows must stay within 5e-2 relative error.
+//    checked against the bound derived in int8Bound() below (the correctness check), and each row's L2 error must
+//    stay within INT8_ROW_TOL of the row's attention-weighted value magnitude m_j = Σ_t p_t |v̂_tj| (a fidelity
+//    check: that bound is worst-case, ~15x above the typical error, so a coarser int8 step could hide under it).
+//    Why m and not the output: both error terms scale with m (int8Bound), while the output itself can nearly cancel
+//    (values of both signs), which made a row tolerance relative to the output flaky: with randomKV's 20x outlier
+//    key channels folded into the query, the innerq preset's worst row over 600 appends was 2.1-5.4 % of the output
+//    in 13 seeds (5.4 % with INNERQ_SEED=823067159, over the 5e-2 this file used to hold) and 1.3-4.6 % of m.
 const FLOAT_TOL = 1e-4;
-const INT8_ROW_TOL = 5e-2;
+const INT8_ROW_TOL = 8e-2;
 const usesInt8 = (label: string, preset: PresetName) => label.startsWith('cpu') && preset.startsWith('innerq');
 
 /**
@@ -28,10 +34,13 @@ const usesInt8 = (label: string, preset: PresetName) => label.startsWith('cpu') 
  * d = 128, had a relative error of 1.3e-5 from this alone, over the 1e-5 slack below.) The value sums' own
  * rounding is bounded by 1e-5 of Σ_t p_t|v̂_tj|.
  */
-function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Float64Array {
+interface Int8Bound { bound: Float64Array; magnitude: Float64Array }
+
+/** The per-element bound above and, per element, the attention-weighted value magnitude m_j = Σ_t p_t |v̂_tj|. */
+function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Int8Bound {
   const { tokens: T, kvHeads, headDim: d, keyNorm, sinkHeld } = state;
   const S = state.config.sinkTokens, r = qHeads / kvHeads;
-  const bound = new Float64Array(qHeads * d);
+  const bound = new Float64Array(qHeads * d), magnitude = new Float64Array(qHeads * d);
   for (let h = 0; h < qHeads; h++) {
     const kh = Math.floor(h / r);
     const qf = new Float64Array(d);
@@ -73,9 +82,10 @@ function int8Bound(state: CacheState, query: Float32Array, qHeads: number): Floa
         valueSide += (pmax * grow / 510) * vsum;
       }
       bound[h * d + j] = (grow - 1) * mass + valueSide + 1e-5 * mass + 1e-6;
+      magnitude[h * d + j] = mass;
     }
   }
-  return bound;
+  return { bound, magnitude };
 }
 
 /**
@@ -114,27 +124,43 @@ function historyFor(keys: Float32Array, values: Float32Array, headDim: number, p
   return { kvHeads: KV_HEADS, headDim, keys, values, prefillTokens };
 }
 
-interface Expected { state: CacheState; query: Float32Array; ref: Float64Array; bound: Float64Array | null; layout: ExpectedLayout }
+interface Expected { state: CacheState; query: Float32Array; ref: Float64Array; int8: Int8Bound | null; layout: ExpectedLayout }
 
 /** Everything a backend's result is compared with, computed once per step for all backends. */
 function expect_(state: CacheState, query: Float32Array, qHeads: number, pageTokens: number, ringCapacity: number, int8: boolean): Expected {
-  return { state, query, ref: referenceAttention(state, query, qHeads), bound: int8 ? int8Bound(state, query, qHeads) : null,
+  return { state, query, ref: referenceAttention(state, query, qHeads), int8: int8 ? int8Bound(state, query, qHeads) : null,
     layout: expectedLayout(state, pageTokens, ringCapacity) };
 }
 
 function checkAttend(cache: KVCache, e: Expected, int8: boolean, what: string): number {
   const out = new Float32Array(e.query.length).fill(NaN);  // poisoned: every element must be written
   cache.attend(0, e.query, out);
-  const worst = maxOf(rowRelativeErrors(out, e.ref, e.state.headDim));
-  if (int8) {
-    const bound = e.bound!;
-    for (let i = 0; i < out.length; i++) {
-      if (!(Math.abs(out[i] - e.ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - e.ref[i])} > derived bound ${bound[i]}`);
-    }
+  if (!int8) {
+    const worst = maxOf(rowRelativeErrors(out, e.ref, e.state.headDim));
+    if (!(worst <= FLOAT_TOL)) throw new Error(`${what}: worst row relative error ${worst} > ${FLOAT_TOL}`);
+    return worst;
   }
-  const tol = int8 ? INT8_ROW_TOL : FLOAT_TOL;
-  if (!(worst <= tol)) throw new Error(`${what}: worst row relative error ${worst} > ${tol}`);
+  const { bound, magnitude } = e.int8!;
+  for (let i = 0; i < out.length; i++) {
+    if (!(Math.abs(out[i] - e.ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - e.ref[i])} > derived bound ${bound[i]}`);
+  }
+  const worst = maxOf(rowErrorsOverMagnitude(out, e.ref, magnitude, e.state.headDim));
+  if (!(worst <= INT8_ROW_TOL)) throw new Error(`${what}: worst row error ${worst} of the attention-weighted value magnitude > ${INT8_ROW_TOL}`);
   return worst;
+}
+
+/** Per row (one query head): ||out - ref||_2 / ||m||_2, m the attention-weighted value magnitude. */
+function rowErrorsOverMagnitude(out: Float32Array, ref: Float64Array, m: Float64Array, width: number): number[] {
+  const rows: number[] = [];
+  for (let r0 = 0; r0 < out.length; r0 += width) {
+    let num = 0, den = 0;
+    for (let j = r0; j < r0 + width; j++) {
+      num += (out[j] - ref[j]) ** 2;
+      den += m[j] ** 2;
+    }
+    rows.push(den > 0 ? Math.sqrt(num / den) : Math.sqrt(num));
+  }
+  return rows;
 }
 
 /** Bytes the reference places (quantized groups), as a 0xff mask: encode a state whose codes/scales are all ones. */
@@ -224,7 +250,7 @@ describe('KVCache on every backend', () => {
         for (const [label, err] of errors) worst.set(label, Math.max(worst.get(label) ?? 0, err));
       }
     }
-    for (const [label, w] of worst) console.log(`${label} ${preset}: worst row error after prefill ${w.toExponential(2)}`);
+    for (const [label, w] of worst) console.log(`${label} ${preset}: worst row error (cpu innerq: of the value magnitude, others: of the output) after prefill ${w.toExponential(2)}`);
   });
 
   // A group whose minimum is zero and holds both +0 and -0: the reference (Math.min) takes -0 whatever the order,
@@ -285,6 +311,6 @@ describe('KVCache on every backend', () => {
         cache.dispose();
       }
     }
-    for (const [label, w] of worst) console.log(`${label} ${preset} r=${ratio} d=${headDim}: worst row error over 600 appends ${w.toExponential(2)}`);
+    for (const [label, w] of worst) console.log(`${label} ${preset} r=${ratio} d=${headDim}: worst row error (cpu innerq: of the value magnitude, others: of the output) over 600 appends ${w.toExponential(2)}`);
   });
 });
