@@ -462,25 +462,30 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
 // Page token groups [g0, g1) of one page, accumulated into accMem [R][d] (p page-relative).
 template <int BITS, bool ZEROS, int R>
 void valuesPageVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* accMem) {
-  // Token groups per tile: a tile's codes and the next tile's (prefetched during this one) must sit in L1 together
-  // (32 KiB): 8 groups of 4-bit codes at d = 128 are 16 KiB, twice that overflowed L1 and ran the 4-bit value GEMV at
-  // 13 GB/s; 2 groups (64 tokens, at most 8 KiB per tile at d = 256) ran it at 21 GB/s (cpu_gemv, 16k tokens; 1 and
-  // 4 groups were within noise of 2, and 2- and 3-bit values gained 10-15 %).
-  constexpr int bb = avxBlockBytes(BITS), kTile = 2;
+  // Token groups per tile: the next tile's codes are prefetched during this one, so the tile sets how far ahead the
+  // prefetches run, and a tile's codes and the next tile's must sit in L1 together. The largest tile of at most 8
+  // groups and 12 KiB of codes: at d = 128 8 groups (2-, 3-bit) or 4 (4-bit), at d = 256 4 groups (2-, 3-bit) or 2.
+  // Measured on Zen 5 (48 KiB L1; kernel_cycles, one thread, r = 4, hybrid values, A/B in one process, TSC cycles per
+  // token and kv head from DRAM), against the 2-group tiles before: d = 128 2-bit 7.5 -> 5.9, 3-bit 9.5 -> 8.2 with
+  // 8 groups, 4-bit 10.5 -> 8.5 with 4 (8.7 with 8 groups, which in the 2-thread cpu_gemv was no faster than 2); at
+  // d = 256 4-bit codes in 8-group tiles (32 KiB) went 16.7 -> 20.2. (On a 32 KiB-L1 machine 8 groups of 4-bit codes at
+  // d = 128 once ran at 13 GB/s and 2 groups at 21 GB/s.)
+  constexpr int bb = avxBlockBytes(BITS);
+  const int tileGroups = 8 * d * bb <= 12288 ? 8 : 4 * d * bb <= 12288 ? 4 : 2;
   const float off = (float)avxSymOffset(BITS);
   const int chunks = d / 16;
-  for (int tt = g0; tt < g1; tt += kTile) {
-    const int te = tt + kTile < g1 ? tt + kTile : g1;
+  for (int tt = g0; tt < g1; tt += tileGroups) {
+    const int te = tt + tileGroups < g1 ? tt + tileGroups : g1;
     // The next tile's codes (contiguous: token groups are d blocks apart), spread over this tile's chunk passes so
     // that DRAM sees one sequential stream although each pass reads a few cache lines per token group.
     // The last tile prefetches the first tile of the next page (m.nextCodes) when the caller goes on there.
     // The scales and zeros (2 bytes per group) are streams of their own and are prefetched alongside.
-    size_t nextGroups = te < g1 ? (size_t)((g1 - te < kTile ? g1 - te : kTile) * d) : 0;
+    size_t nextGroups = te < g1 ? (size_t)((g1 - te < tileGroups ? g1 - te : tileGroups) * d) : 0;
     const char* next = (const char*)(m.codes + (size_t)te * d * bb);
     const char* nextS = (const char*)(m.scales + (size_t)te * d);
     const char* nextZ = ZEROS ? (const char*)(m.zeros + (size_t)te * d) : nullptr;
     if (te == g1) {
-      nextGroups = m.nextCodes ? (size_t)kTile * d : 0;
+      nextGroups = m.nextCodes ? (size_t)tileGroups * d : 0;
       next = (const char*)m.nextCodes;
       nextS = (const char*)m.nextScales;
       nextZ = (const char*)m.nextZeros;
