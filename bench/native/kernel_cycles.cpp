@@ -5,6 +5,10 @@
 //   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9] [d=128: 128 or 256] [keys=sym: sym,
 //                           asym or hybrid]
 // (the avx512 key kernels take different paths for d = 256 and for keys with zero points: check those too.)
+// A/B mode: bench/native/kernel_ab.sh <candidate kernels_avx512.cpp> builds build-cpu/kernel_cycles_ab, which times
+// the built table (A) and the candidate's avx512 table (B) on the same slices, alternating which goes first each
+// round, and prints a row for each. On a shared VM whose speed moves by tens of percent from minute to minute,
+// only such same-process comparisons separate a kernel change from the machine's drift.
 // Working sets: "L1" 512 tokens called over and over (the kernel's issue rate), "L2" 4096 tokens, "L3" 8 copies of
 // 16384 tokens (~7 MiB of 3-bit keys at d = 128), "DRAM" 64 copies (~58 MiB). The sets are timed in interleaved rounds and
 // medians are reported. Pin it (taskset -c 0) for steadier figures; on a shared VM the DRAM figures move from
@@ -26,6 +30,15 @@
 
 #include "../../csrc/cpu/cpu_backend.h"
 #include "../../csrc/cpu/cpu_kernels.h"
+
+#if defined(KERNEL_CYCLES_AB)
+namespace innerq {
+namespace cpu {
+// The candidate's avx512Kernels(), renamed in its object file by kernel_ab.sh.
+const Kernels& avx512KernelsCandidate();
+}  // namespace cpu
+}  // namespace innerq
+#endif
 
 using namespace innerq;
 using namespace innerq::cpu;
@@ -106,9 +119,18 @@ int main(int argc, char** argv) {
   const Kernels& K = table <= 0 ? portableKernels()
                      : table == 1 || !feat.avx512vnni ? (feat.avx2 && feat.fma && feat.f16c ? avx2Kernels() : portableKernels())
                                                       : avx512Kernels();
+#if defined(KERNEL_CYCLES_AB)
+  if (!feat.avx512vnni) {
+    std::fprintf(stderr, "kernel_cycles_ab: the candidate is an avx512vnni table and this CPU lacks it\n");
+    return 2;
+  }
+  const std::vector<const Kernels*> tables = {&K, &avx512KernelsCandidate()};
+#else
+  const std::vector<const Kernels*> tables = {&K};
+#endif
   const double scale = coreCyclesPerTick();
-  std::printf("kernel_cycles: table %s, one thread, kv head of %d query heads x d %d, G %d, pages of %d tokens in runs of %d\n",
-              K.name, kR, headDim, kG, kPage, kRunPages);
+  std::printf("kernel_cycles: table %s%s, one thread, kv head of %d query heads x d %d, G %d, pages of %d tokens in runs of %d\n",
+              K.name, tables.size() > 1 ? " (A) against the candidate avx512vnni table (B)" : "", kR, headDim, kG, kPage, kRunPages);
   if (scale > 0)
     std::printf("core cycles per TSC tick %.3f (dependent adds); figures: median core cycles per token and kv head [TSC ticks]\n", scale);
   else
@@ -137,42 +159,51 @@ int main(int argc, char** argv) {
       const MatrixFormat f = values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, keyMode};
       std::vector<Slices> data(4);
       for (int i = 0; i < 4; i++) build(data[i], f, sets[i].tokens, sets[i].copies, rng);
-      std::vector<std::vector<double>> t(4);
-      for (int round = 0; round < rounds + 1; round++)
-        for (int i = 0; i < 4; i++) {
-          const int tokens = sets[i].tokens, pages = tokens / kPage;
-          // L1/L2 sets repeat the same slices until ~16k tokens have been processed, so every figure is per token
-          const int repeats = std::max(1, 16384 / tokens);
-          const uint64_t t0 = ticks();
-          for (int rep = 0; rep < repeats; rep++)
-            for (auto& run : data[i].runs)
-              for (int p0 = 0; p0 < pages; p0 += kRunPages) {
-                const int count = std::min(kRunPages, pages - p0);
-                const QuantRun r{run.data() + p0, count, kPage};
-                if (values) {
-                  const U8Set pr{p.q + (size_t)p0 * kPage, p.ldq, p.sigma + (size_t)p0 * kPage / 32, p.sigmaSum + (size_t)p0 * kPage / 32, p.lds};
-                  K.wsumColI8(r, f, headDim, 0, count * kPage / kG, pr, kR, out.data());
-                } else {
-                  K.scoresRowI8(r, f, headDim, 0, count * kPage, q, kR, scores.data() + (size_t)p0 * kPage, (size_t)maxT);
-                }
+      // ticks per token and kv head of one pass of table K over set i
+      const auto timeSet = [&](const Kernels& K, int i) {
+        const int tokens = sets[i].tokens, pages = tokens / kPage;
+        // L1/L2 sets repeat the same slices until ~16k tokens have been processed, so every figure is per token
+        const int repeats = std::max(1, 16384 / tokens);
+        const uint64_t t0 = ticks();
+        for (int rep = 0; rep < repeats; rep++)
+          for (auto& run : data[i].runs)
+            for (int p0 = 0; p0 < pages; p0 += kRunPages) {
+              const int count = std::min(kRunPages, pages - p0);
+              const QuantRun r{run.data() + p0, count, kPage};
+              if (values) {
+                const U8Set pr{p.q + (size_t)p0 * kPage, p.ldq, p.sigma + (size_t)p0 * kPage / 32, p.sigmaSum + (size_t)p0 * kPage / 32, p.lds};
+                K.wsumColI8(r, f, headDim, 0, count * kPage / kG, pr, kR, out.data());
+              } else {
+                K.scoresRowI8(r, f, headDim, 0, count * kPage, q, kR, scores.data() + (size_t)p0 * kPage, (size_t)maxT);
               }
-          const double per = (double)(ticks() - t0) / ((double)tokens * data[i].runs.size() * repeats);
-          if (round > 0) t[i].push_back(per);  // round 0 warms up
+            }
+        return (double)(ticks() - t0) / ((double)tokens * data[i].runs.size() * repeats);
+      };
+      std::vector<std::vector<std::vector<double>>> t(tables.size(), std::vector<std::vector<double>>(4));  // [table][set]
+      for (int round = 0; round < rounds + 1; round++)
+        for (int i = 0; i < 4; i++)
+          for (size_t k = 0; k < tables.size(); k++) {
+            const size_t which = (k + round) % tables.size();  // alternate which table goes first
+            const double per = timeSet(*tables[which], i);
+            if (round > 0) t[which][i].push_back(per);  // round 0 warms up
+          }
+      for (size_t k = 0; k < tables.size(); k++) {
+        char label[64];
+        std::snprintf(label, sizeof label, "%s %d-bit %s%s", values ? "values" : "keys", bits, values ? "hybrid" : keyModeName.c_str(),
+                      tables.size() > 1 ? (k ? " B" : " A") : "");
+        std::printf("%-26s", label);
+        for (auto& x : t[k]) {
+          std::sort(x.begin(), x.end());
+          const double med = x[x.size() / 2];
+          char cell[32];
+          if (scale > 0)
+            std::snprintf(cell, sizeof cell, "%.1f [%.1f]", med * scale, med);
+          else
+            std::snprintf(cell, sizeof cell, "%.2f ns", med);
+          std::printf(" %16s", cell);
         }
-      char label[64];
-      std::snprintf(label, sizeof label, "%s %d-bit %s", values ? "values" : "keys", bits, values ? "hybrid" : keyModeName.c_str());
-      std::printf("%-26s", label);
-      for (auto& x : t) {
-        std::sort(x.begin(), x.end());
-        const double med = x[x.size() / 2];
-        char cell[32];
-        if (scale > 0)
-          std::snprintf(cell, sizeof cell, "%.1f [%.1f]", med * scale, med);
-        else
-          std::snprintf(cell, sizeof cell, "%.2f ns", med);
-        std::printf(" %16s", cell);
+        std::printf("\n");
       }
-      std::printf("\n");
     }
   if (out[0] != out[0] || scores[0] != scores[0]) std::printf("(non-finite output)\n");  // keeps the results live
   return 0;
