@@ -459,9 +459,9 @@ inline void valueCodes16(const uint8_t* p, __m512i cv[8]) {
   }
 }
 
-// Page token groups [g0, g1) of one page, accumulated into accMem [R][d] (p page-relative).
+// Page token groups [g0, g1) of one page of pageGroups groups, accumulated into accMem [R][d] (p page-relative).
 template <int BITS, bool ZEROS, int R>
-void valuesPageVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* accMem) {
+void valuesPageVnni(const QuantRef& m, int d, int pageGroups, int g0, int g1, const U8Set& p, float* accMem) {
   // Token groups per tile: the next tile's codes are prefetched during this one, so the tile sets how far ahead the
   // prefetches run, and a tile's codes and the next tile's must sit in L1 together. The largest tile of at most 8
   // groups and 12 KiB of codes: at d = 128 8 groups (2-, 3-bit) or 4 (4-bit), at d = 256 4 groups (2-, 3-bit) or 2.
@@ -485,7 +485,7 @@ void valuesPageVnni(const QuantRef& m, int d, int g0, int g1, const U8Set& p, fl
     const char* nextS = (const char*)(m.scales + (size_t)te * d);
     const char* nextZ = ZEROS ? (const char*)(m.zeros + (size_t)te * d) : nullptr;
     if (te == g1) {
-      nextGroups = m.nextCodes ? (size_t)tileGroups * d : 0;
+      nextGroups = m.nextCodes ? (size_t)(tileGroups < pageGroups ? tileGroups : pageGroups) * d : 0;  // within that page
       next = (const char*)m.nextCodes;
       nextS = (const char*)m.nextScales;
       nextZ = (const char*)m.nextZeros;
@@ -545,7 +545,7 @@ void wsumColVnni(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float
   alignas(64) float accMem[R * kMaxHeadDim];
   std::memset(accMem, 0, sizeof(float) * R * d);
   forEachRunPage(m, g0 * 32, g1 * 32, [&](int i, const QuantRef& page, int s0, int s1, int) {
-    valuesPageVnni<BITS, ZEROS, R>(page, d, s0 / 32, s1 / 32, pageWeights(p, i, m.pageTokens), accMem);
+    valuesPageVnni<BITS, ZEROS, R>(page, d, m.pageTokens / 32, s0 / 32, s1 / 32, pageWeights(p, i, m.pageTokens), accMem);
   });
   for (int h = 0; h < R; h++)
     for (int j = 0; j < d; j += 16)
