@@ -144,23 +144,9 @@ function checkAttend(cache: KVCache, e: Expected, int8: boolean, what: string): 
   for (let i = 0; i < out.length; i++) {
     if (!(Math.abs(out[i] - e.ref[i]) <= bound[i])) throw new Error(`${what}: element ${i} error ${Math.abs(out[i] - e.ref[i])} > derived bound ${bound[i]}`);
   }
-  const worst = maxOf(rowErrorsOverMagnitude(out, e.ref, magnitude, e.state.headDim));
+  const worst = maxOf(rowRelativeErrors(out, e.ref, e.state.headDim, magnitude));  // ||out - ref|| / ||m|| per row
   if (!(worst <= INT8_ROW_TOL)) throw new Error(`${what}: worst row error ${worst} of the attention-weighted value magnitude > ${INT8_ROW_TOL}`);
   return worst;
-}
-
-/** Per row (one query head): ||out - ref||_2 / ||m||_2, m the attention-weighted value magnitude. */
-function rowErrorsOverMagnitude(out: Float32Array, ref: Float64Array, m: Float64Array, width: number): number[] {
-  const rows: number[] = [];
-  for (let r0 = 0; r0 < out.length; r0 += width) {
-    let num = 0, den = 0;
-    for (let j = r0; j < r0 + width; j++) {
-      num += (out[j] - ref[j]) ** 2;
-      den += m[j] ** 2;
-    }
-    rows.push(den > 0 ? Math.sqrt(num / den) : Math.sqrt(num));
-  }
-  return rows;
 }
 
 /** Bytes the reference places (quantized groups), as a 0xff mask: encode a state whose codes/scales are all ones. */

@@ -263,11 +263,10 @@ Chunking CpuBackend::taperedChunking(const LayerView& v) const {
   // attend's split: about 8 chunks per thread of >= 1024 tokens, the last kv head's last chunk cut in quarters
   // (multiples of 128 tokens). Items go out head-major, so those quarters run last: the thread that finishes first
   // waits for at most about a quarter chunk, where it waited ~half a chunk on average (~20 us of a 16k layer's
-  // ~830 us on 2 threads). Only the last head is cut: every item start costs a few microseconds of cold streams,
-  // and handing out all heads' chunks chunk-major (so that every head's quarters came last) made steps 9 % slower.
-  // 8 rather than 16 per thread: every item start pays cold code streams, and at 16k tokens on 2 threads (4 -> 2
-  // chunks per head) the innerq step went 19.35 -> 18.00 ms (medians of 13 alternating runs of the two addons, the
-  // 8-item one faster in 10) with fp16's unchanged (58.5 -> 60.5 ms, noise; Zen 5 VM).
+  // ~830 us on 2 threads). Every item start costs a few microseconds of cold streams, hence few items: only the last
+  // head is cut (handing out all heads' chunks chunk-major, so that every head's quarters came last, made steps 9 %
+  // slower), and 8 chunks per thread rather than 16 (at 16k tokens on 2 threads, 4 -> 2 chunks per head: the innerq
+  // step 19.35 -> 18.00 ms, medians of 13 alternating runs of the two addons, fp16's unchanged; Zen 5 VM).
   Chunking ch = chunking(v, 8, 1024);
   if (ch.perHead < 2 || pool_.size() < 2) return ch;
   const int last = v.tokens - v.sinkHeld() - (ch.perHead - 1) * ch.C;  // tokens of the last chunk

@@ -470,17 +470,21 @@ export function exactAttention(history: KVHistory, query: ArrayLike<number>, qHe
   return attention(K, V, query, { tokens: T, qHeads, kvHeads: history.kvHeads, headDim: history.headDim });
 }
 
-/** Relative error ||a - b|| / ||b|| of each row of width `width` (e.g. one query head's output). */
-export function rowRelativeErrors(a: ArrayLike<number>, b: ArrayLike<number>, width: number): number[] {
+/**
+ * Relative error ||a - b|| / ||scale|| of each row of width `width` (e.g. one query head's output); `scale`
+ * defaults to b (the usual relative error). A row whose scale is all zeros reports the absolute error ||a - b||.
+ */
+export function rowRelativeErrors(a: ArrayLike<number>, b: ArrayLike<number>, width: number, scale: ArrayLike<number> = b): number[] {
   const out: number[] = [];
   for (let r = 0; r * width < b.length; r++) {
     let num = 0,
       den = 0;
     for (let j = 0; j < width; j++) {
       const x = a[r * width + j],
-        y = b[r * width + j];
+        y = b[r * width + j],
+        z = scale[r * width + j];
       num += (x - y) * (x - y);
-      den += y * y;
+      den += z * z;
     }
     out.push(den > 0 ? Math.sqrt(num / den) : Math.sqrt(num));
   }
