@@ -34,8 +34,13 @@
 #if defined(KERNEL_CYCLES_AB)
 namespace innerq {
 namespace cpu {
-// The candidate's avx512Kernels(), renamed in its object file by kernel_ab.sh.
+// The candidate's avx512Kernels() or avx2Kernels() (KERNEL_CYCLES_AB_AVX2), renamed in its object file by
+// kernel_ab.sh.
+#if defined(KERNEL_CYCLES_AB_AVX2)
+const Kernels& avx2KernelsCandidate();
+#else
 const Kernels& avx512KernelsCandidate();
+#endif
 }  // namespace cpu
 }  // namespace innerq
 #endif
@@ -119,7 +124,13 @@ int main(int argc, char** argv) {
   const Kernels& K = table <= 0 ? portableKernels()
                      : table == 1 || !feat.avx512vnni ? (feat.avx2 && feat.fma && feat.f16c ? avx2Kernels() : portableKernels())
                                                       : avx512Kernels();
-#if defined(KERNEL_CYCLES_AB)
+#if defined(KERNEL_CYCLES_AB) && defined(KERNEL_CYCLES_AB_AVX2)
+  if (&K != &avx2Kernels()) {
+    std::fprintf(stderr, "kernel_cycles_ab: the candidate is an avx2 table: run with kernels=1 on a CPU with AVX2, FMA and F16C\n");
+    return 2;
+  }
+  const std::vector<const Kernels*> tables = {&K, &avx2KernelsCandidate()};
+#elif defined(KERNEL_CYCLES_AB)
   if (!feat.avx512vnni) {
     std::fprintf(stderr, "kernel_cycles_ab: the candidate is an avx512vnni table and this CPU lacks it\n");
     return 2;
@@ -130,7 +141,7 @@ int main(int argc, char** argv) {
 #endif
   const double scale = coreCyclesPerTick();
   std::printf("kernel_cycles: table %s%s, one thread, kv head of %d query heads x d %d, G %d, pages of %d tokens in runs of %d\n",
-              K.name, tables.size() > 1 ? " (A) against the candidate avx512vnni table (B)" : "", kR, headDim, kG, kPage, kRunPages);
+              K.name, tables.size() > 1 ? " (A) against the candidate table (B)" : "", kR, headDim, kG, kPage, kRunPages);
   if (scale > 0)
     std::printf("core cycles per TSC tick %.3f (dependent adds); figures: median core cycles per token and kv head [TSC ticks]\n", scale);
   else

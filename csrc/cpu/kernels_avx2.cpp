@@ -112,12 +112,6 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
   for (; h < r; h++) wsumFp16T<1, 4>(rows, ld, n, d, p + h * ldp, ldp, out + h * d, next);
 }
 
-// Fast InnerQ paths for G = 32 (defined below, after the generic kernels).
-template <int BITS, bool ZEROS>
-void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds);
-template <int BITS>
-void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out);
-
 // ---------------------------------------------------------------------------------------------------------
 // InnerQ keys, integer path. 8 tokens at a time: for each 32-channel slice, unpack the 8 tokens' blocks once,
 // then per query head 8 maddubs/madd dot products and one hadd tree give D for the 8 tokens in 8 lanes;
@@ -166,12 +160,6 @@ void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t
 
 void scoresRowI8Page(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
                  size_t lds) {
-  if (f.groupSize == 32 && d % 128 == 0) {
-    const bool z = m.zeros != nullptr;
-    if (f.bits == 2) return z ? scoresRowI8Fast<2, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<2, false>(m, d, t0, t1, q, r, s, lds);
-    if (f.bits == 3) return z ? scoresRowI8Fast<3, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<3, false>(m, d, t0, t1, q, r, s, lds);
-    if (f.bits == 4) return z ? scoresRowI8Fast<4, true>(m, d, t0, t1, q, r, s, lds) : scoresRowI8Fast<4, false>(m, d, t0, t1, q, r, s, lds);
-  }
   switch (f.bits) {
     case 2: return scoresRowI8T<2>(m, f, d, t0, t1, q, r, s, lds);
     case 3: return scoresRowI8T<3>(m, f, d, t0, t1, q, r, s, lds);
@@ -214,11 +202,6 @@ void wsumColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
 }
 
 void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
-  if (f.groupSize == 32) {
-    if (f.bits == 2) return wsumColI8Fast<2>(m, d, g0, g1, p, r, out);
-    if (f.bits == 3) return wsumColI8Fast<3>(m, d, g0, g1, p, r, out);
-    if (f.bits == 4) return wsumColI8Fast<4>(m, d, g0, g1, p, r, out);
-  }
   switch (f.bits) {
     case 2: return wsumColI8T<2>(m, f, d, g0, g1, p, r, out);
     case 3: return wsumColI8T<3>(m, f, d, g0, g1, p, r, out);
@@ -236,10 +219,11 @@ void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int 
 // Σ_k maddubs(c[k], a[k]) accumulates, per lane, the dot product of that block in int16 (8 products of at most
 // 15*127 per int16 lane: <= 15240 < 32767 for 4-bit), and one madd leaves 2 int32 per block. One hadd of two
 // such quads (two tokens, or channels j..j+3 and j+4..j+7) yields the 8 block dot products D in 8 lanes, in the
-// lane order kLanePerm below; scales are permuted into the same order once per 8 blocks (shared by all heads).
-// The 2-bit block layout makes c[k] a plain 64-bit shift + mask of one 32-byte load; 3-bit adds the high plane
-// (its byte k expanded bit -> byte by pshufb/and/cmpeq); 4-bit interleaves two 32-byte loads with unpack(lo|hi)_epi64,
-// which is why its lane order of blocks is (0, 2, 1, 3).
+// lane order lanePerm below; scales are permuted into the same order once per 8 blocks (shared by all heads).
+// The 2-bit block layout makes c[k] a plain 64-bit shift + mask of one 32-byte load. 3- and 4-bit quads load
+// each 128-bit half separately and interleave them with unpack(lo|hi)_epi64, which is why their lane order of
+// blocks is (0, 2, 1, 3): no lane-crossing permute (vpermd issues about once per cycle on Zen 3, and the 3-bit
+// quad had taken four).
 template <int BITS>
 inline void loadQuad(const uint8_t* p, __m256i c[4]);
 
@@ -254,14 +238,14 @@ inline void loadQuad<2>(const uint8_t* p, __m256i c[4]) {
 
 template <>
 inline void loadQuad<3>(const uint8_t* p, __m256i c[4]) {
-  // 4 blocks of 12 bytes = dwords 0..11: block g has its 2-bit plane in dwords 3g, 3g+1 and its high plane in 3g+2.
-  const __m256i L0 = _mm256_loadu_si256((const __m256i*)p);         // dwords 0..7
-  const __m256i L1 = _mm256_loadu_si256((const __m256i*)(p + 16));  // dwords 4..11
-  const __m256i lo = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(L0, _mm256_setr_epi32(0, 1, 3, 4, 6, 7, 0, 0)),
-                                        _mm256_permutevar8x32_epi32(L1, _mm256_setr_epi32(0, 0, 0, 0, 0, 0, 5, 6)), 0xC0);
-  // high plane of block g into the low dword of 64-bit lane g
-  const __m256i H = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(L0, _mm256_setr_epi32(2, 2, 5, 5, 0, 0, 0, 0)),
-                                       _mm256_permutevar8x32_epi32(L1, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 7, 7)), 0xF0);
+  // Block g is bytes 12g..12g+11: its 2-bit plane, then its 32-bit high plane. One 16-byte load per block puts
+  // both in one 128-bit half (blocks 0 | 1 in X, 2 | 3 in Y; the last 4 bytes of each load are the next block's and
+  // unused), so unpacklo_epi64 gives the 2-bit planes in lane order (0, 2, 1, 3) and unpackhi_epi64 the high planes
+  // in the low dword of the same lanes. (The loads read 4 bytes past the quad: callers keep a row in bounds, see
+  // keysPageAvx2 and valuesPageAvx2.)
+  const __m256i X = _mm256_loadu2_m128i((const __m128i*)(p + 12), (const __m128i*)p);
+  const __m256i Y = _mm256_loadu2_m128i((const __m128i*)(p + 36), (const __m128i*)(p + 24));
+  const __m256i lo = _mm256_unpacklo_epi64(X, Y), H = _mm256_unpackhi_epi64(X, Y);
   const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL), m3 = _mm256_set1_epi8(3),
                 four = _mm256_set1_epi8(4);
   for (int k = 0; k < 4; k++) {
@@ -288,7 +272,7 @@ inline void loadQuad<4>(const uint8_t* p, __m256i c[4]) {
 
 template <int BITS>
 constexpr int blockOrder(int lane) {
-  return BITS == 4 ? (lane == 1 ? 2 : lane == 2 ? 1 : lane) : lane;
+  return BITS >= 3 ? (lane == 1 ? 2 : lane == 2 ? 1 : lane) : lane;
 }
 
 // lane i of hadd(quadDot(A), quadDot(B)) = block kLanePerm[i] of the 8 blocks A0..A3, B0..B3:
@@ -326,125 +310,185 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
-// Keys: 8 tokens per step, processed as 4 token pairs; per pair and quad of groups one hadd gives the 8
-// (token, group) dot products; after 4 pairs, a small hadd tree sums each token's groups.
-// Symmetric-only matrices (ZEROS = false) have bz = -2^(b-1) * a, so a*sigma*D + bz*sigmaSum = a*sigma*(D - 2^(b-1)*S)
-// with S the integer sum of the query slice's codes: the offset is added to D as an integer (any ALU port) instead
-// of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck: llvm-mca, znver3).
-// R (the head count, at most kMaxHeadBlock) is a template argument: with a run-time count every head's pass was a
-// loop iteration of its own, with its index arithmetic and branch; unrolled, the heads' work is scheduled together
-// (~8 % faster L1-resident; the 16 ymm registers still do not hold the 4 heads' accumulators as well).
-template <int BITS, bool ZEROS, int R>
-void scoresRowI8FastR(const QuantRef& m, int d, int t0, int t1, const I8Set& q, float* s, size_t lds) {
-  constexpr int r = R;
-  const int n = d / 32, nq = n / 4, bb = avxBlockBytes(BITS), rowBytes = n * bb;
-  alignas(32) int8_t act[kMaxHeadBlock * 2 * 4 * 32];
-  alignas(32) float sg[kMaxHeadBlock * 2 * 8], sS[kMaxHeadBlock * 2 * 8];
-  alignas(32) int32_t symStart[kMaxHeadBlock * 2 * 8];  // -2^(b-1) * S per lane (ZEROS = false)
-  for (int h = 0; h < r; h++)
-    for (int qd = 0; qd < nq; qd++) {
-      for (int k = 0; k < 4; k++)
-        for (int L = 0; L < 4; L++)
-          std::memcpy(act + (((h * nq + qd) * 4 + k) * 32) + 8 * L,
-                      q.q + h * q.ldq + (4 * qd + blockOrder<BITS>(L)) * 32 + 8 * k, 8);
-      for (int i = 0; i < 8; i++) {
-        const int g = 4 * qd + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
-        sg[(h * nq + qd) * 8 + i] = q.sigma[h * q.lds + g];
-        sS[(h * nq + qd) * 8 + i] = q.sigmaSum[h * q.lds + g];
-        if (!ZEROS) {  // the matrices with zero points use sigmaSum instead
+// What the key kernel derives from the query once per run (not per page: at 256-token pages the per-call setup had
+// been ~1.5 of ~30 cycles per token): quad qd's activation vectors (lane L = codes 8k..8k+7 of slice
+// 4qd + blockOrder(L)), and per lanePerm lane the slice's sigma, sigmaSum and symmetric start -2^(b-1) * Σ q.
+template <int BITS, int R, int D>
+struct KeyQueryAvx2 {
+  static constexpr int NQ = D / 128;
+  alignas(32) int8_t act[R][NQ][4][32];
+  alignas(32) float sigma[R][NQ][8], sigmaSum[R][NQ][8];
+  alignas(32) int32_t start[R][NQ][8];
+  void build(const I8Set& q) {
+    for (int h = 0; h < R; h++)
+      for (int qd = 0; qd < NQ; qd++) {
+        for (int k = 0; k < 4; k++)
+          for (int L = 0; L < 4; L++)
+            std::memcpy(&act[h][qd][k][8 * L], q.q + h * q.ldq + (4 * qd + blockOrder<BITS>(L)) * 32 + 8 * k, 8);
+        for (int i = 0; i < 8; i++) {
+          const int g = 4 * qd + lanePerm<BITS>(i) % 4;
+          sigma[h][qd][i] = q.sigma[h * q.lds + g];
+          sigmaSum[h][qd][i] = q.sigmaSum[h * q.lds + g];
           int sum = 0;
           for (int e = 0; e < 32; e++) sum += q.q[h * q.ldq + g * 32 + e];
-          symStart[(h * nq + qd) * 8 + i] = -avxSymOffset(BITS) * sum;
+          start[h][qd][i] = -avxSymOffset(BITS) * sum;
         }
       }
-    }
+  }
+};
+
+// Keys, 8 tokens (rows t = 0..7 at codes + t*ROW, scales sc + t*n, zeros zr + t*n), processed as 4 token pairs: per
+// pair and quad of groups one hadd gives the 8 (token, group) dot products; the pairs' float sums are joined by
+// a small hadd tree into s[h*lds + t], t < cnt.
+// Symmetric-only matrices (ZEROS = false) have bz = -2^(b-1) * a, so a*sigma*D + bz*sigmaSum = a*sigma*(D - 2^(b-1)*S)
+// with S the integer sum of the query slice's codes: the offset is added to D as an integer (any ALU port) instead
+// of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck). Their scales have
+// clear sign bits, so they convert without the hybrid decoding.
+template <int BITS, bool ZEROS, int R, int D>
+inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t* zr, const KeyQueryAvx2<BITS, R, D>& kq,
+                       float* s, size_t lds, int cnt) {
+  constexpr int n = D / 32, NQ = D / 128, ROW = n * avxBlockBytes(BITS), QB = 4 * avxBlockBytes(BITS);
   const __m128i hperm = halfPermMask<BITS>();
   const float off = (float)avxSymOffset(BITS);
-  alignas(32) float pairAcc[kMaxHeadBlock][4][8];
-  // Software prefetch ~16 blocks (128 tokens) ahead: the kernel is compute-heavy enough that the hardware
-  // streamer alone leaves DRAM latency exposed between bursts.
-  constexpr int kAhead = 128;
-  for (int tb = t0; tb < t1; tb += 8) {
-    const int cnt = t1 - tb < 8 ? t1 - tb : 8;
-    if (tb + kAhead + 8 <= t1) {
-      const uint8_t* pc = m.codes + (size_t)(tb + kAhead) * rowBytes;
-      for (int off = 0; off < 8 * rowBytes; off += 64) prefetchLine<Prefetch::L1>((const char*)(pc + off));
-      prefetchLine<Prefetch::L1>((const char*)(m.scales + (size_t)(tb + kAhead) * n));
-      if (m.zeros) prefetchLine<Prefetch::L1>((const char*)(m.zeros + (size_t)(tb + kAhead) * n));
-    }
-    for (int p = 0; p < 4; p++) {
-      const int ta = tb + (2 * p < cnt ? 2 * p : cnt - 1), tc = tb + (2 * p + 1 < cnt ? 2 * p + 1 : cnt - 1);
-      __m256 acc[kMaxHeadBlock];
-      for (int h = 0; h < r; h++) acc[h] = _mm256_setzero_ps();
-      for (int qd = 0; qd < nq; qd++) {
-        const size_t ia = (size_t)ta * n + 4 * qd, ic = (size_t)tc * n + 4 * qd;
-        const __m128i sc = _mm_shuffle_epi8(
-            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)(m.scales + ia)), _mm_loadl_epi64((const __m128i*)(m.scales + ic))),
-            hperm);
-        __m128i zc = _mm_setzero_si128();
-        if (m.zeros)
-          zc = _mm_shuffle_epi8(
-              _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)(m.zeros + ia)), _mm_loadl_epi64((const __m128i*)(m.zeros + ic))),
-              hperm);
-        __m256 a, bz;
-        params8(sc, m.zeros, zc, off, a, bz);
-        __m256i ca[4], cc[4];
-        loadQuad<BITS>(m.codes + (size_t)ta * rowBytes + (size_t)qd * 4 * bb, ca);
-        loadQuad<BITS>(m.codes + (size_t)tc * rowBytes + (size_t)qd * 4 * bb, cc);
-        for (int h = 0; h < r; h++) {
-          const __m256i* A = (const __m256i*)(act + (h * nq + qd) * 128);
-          __m256i Di = haddPairs(quadDot(ca, A), quadDot(cc, A));
-          if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)(symStart + (h * nq + qd) * 8)));
-          const __m256 D = _mm256_cvtepi32_ps(Di);
-          acc[h] = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_load_ps(sg + (h * nq + qd) * 8)), acc[h]);
-          if (ZEROS) acc[h] = _mm256_fmadd_ps(bz, _mm256_load_ps(sS + (h * nq + qd) * 8), acc[h]);
-        }
+  // pair p's float sums: lanes [ta L0, ta L1, tc L0, tc L1 | ta L2, ta L3, tc L2, tc L3]
+  auto pairSums = [&](int p, __m256* acc) {
+    const int ta = 2 * p, tc = 2 * p + 1;
+    for (int qd = 0; qd < NQ; qd++) {
+      // the pair's 4 + 4 scales (and zeros) of this quad: one 16-byte load when the rows are 4 groups long
+      auto pairHalves = [&](const uint16_t* x) {
+        const __m128i v = NQ == 1 ? _mm_loadu_si128((const __m128i*)(x + ta * n))
+                                  : _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)(x + ta * n + 4 * qd)),
+                                                       _mm_loadl_epi64((const __m128i*)(x + tc * n + 4 * qd)));
+        return _mm_shuffle_epi8(v, hperm);
+      };
+      __m256 a, bz;
+      if (ZEROS)
+        params8(pairHalves(sc), zr, pairHalves(zr), off, a, bz);
+      else
+        a = bz = _mm256_cvtph_ps(pairHalves(sc));
+      __m256i ca[4], cc[4];
+      loadQuad<BITS>(codes + ta * ROW + qd * QB, ca);
+      loadQuad<BITS>(codes + tc * ROW + qd * QB, cc);
+      for (int h = 0; h < R; h++) {
+        const __m256i* A = (const __m256i*)kq.act[h][qd];
+        __m256i Di = haddPairs(quadDot(ca, A), quadDot(cc, A));
+        if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)kq.start[h][qd]));
+        const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(Di), _mm256_load_ps(kq.sigma[h][qd]));
+        acc[h] = qd == 0 ? _mm256_mul_ps(a, x) : _mm256_fmadd_ps(a, x, acc[h]);
+        if (ZEROS) acc[h] = _mm256_fmadd_ps(bz, _mm256_load_ps(kq.sigmaSum[h][qd]), acc[h]);
       }
-      for (int h = 0; h < r; h++) _mm256_store_ps(pairAcc[h][p], acc[h]);
     }
-    for (int h = 0; h < r; h++) {
-      // pair p lanes: [t0 L0, t0 L1, t1 L0, t1 L1 | t0 L2, t0 L3, t1 L2, t1 L3]; sum each token's lanes
-      const __m256 x01 = haddPairs(_mm256_load_ps(pairAcc[h][0]), _mm256_load_ps(pairAcc[h][1]));
-      const __m256 x23 = haddPairs(_mm256_load_ps(pairAcc[h][2]), _mm256_load_ps(pairAcc[h][3]));
-      const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(x01, x23, 0x20), _mm256_permute2f128_ps(x01, x23, 0x31));
-      float* o = s + h * lds + (tb - t0);
-      if (cnt == 8) {
-        _mm256_storeu_ps(o, res);
-      } else {
-        alignas(32) float tmp[8];
-        _mm256_store_ps(tmp, res);
-        for (int i = 0; i < cnt; i++) o[i] = tmp[i];
-      }
+  };
+  // pairs (0, 1) and (2, 3) are joined as soon as both exist, so that few vectors stay live
+  __m256 u[R], v[R], y01[R], y23[R];
+  pairSums(0, u);
+  pairSums(1, v);
+  for (int h = 0; h < R; h++) y01[h] = haddPairs(u[h], v[h]);
+  pairSums(2, u);
+  pairSums(3, v);
+  for (int h = 0; h < R; h++) y23[h] = haddPairs(u[h], v[h]);
+  for (int h = 0; h < R; h++) {
+    const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(y01[h], y23[h], 0x20), _mm256_permute2f128_ps(y01[h], y23[h], 0x31));
+    if (cnt == 8) {
+      _mm256_storeu_ps(s + h * lds, res);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, res);
+      for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
     }
   }
 }
 
+// Prefetches the code rows [row, row + rows) of one page and their scales (and zeros) into L1.
+template <int BITS, bool ZEROS, int D>
+inline void prefetchKeyRowsAvx2(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
+  for (int o = 0; o < rows * ROW; o += 64) prefetchLine<Prefetch::L1>((const char*)(codes + row * ROW + o));
+  for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
+  if (ZEROS)
+    for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(zeros + row * n + o));
+}
+
+// Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Prefetches ~3 KiB of codes ahead (the kernel is compute-heavy
+// enough that the hardware streamer alone leaves DRAM latency exposed between bursts), on into the next page of the
+// walk at the end of this one. The tail (< 8 tokens), and for 3 bits the last 8 rows (loadQuad<3> reads 4 bytes past
+// a row's last quad), run on copies of the rows.
+template <int BITS, bool ZEROS, int R, int D>
+void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, R, D>& kq, float* s, size_t lds) {
+  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
+  constexpr int kAhead = 3072 / ROW / 8 * 8 < 16 ? 16 : 3072 / ROW / 8 * 8;
+  const int direct = BITS == 3 ? t1 - 8 : t1;  // 8-token steps that may read the rows in place
+  int tb = t0;
+  for (; tb + 8 <= direct; tb += 8) {
+    if (tb + kAhead < t1)
+      prefetchKeyRowsAvx2<BITS, ZEROS, D>(m.codes, m.scales, m.zeros, (size_t)tb + kAhead, 8);
+    else if (m.nextCodes)
+      prefetchKeyRowsAvx2<BITS, ZEROS, D>(m.nextCodes, m.nextScales, m.nextZeros, (size_t)(tb + kAhead - t1), 8);
+    keyTokens8<BITS, ZEROS, R, D>(m.codes + (size_t)tb * ROW, m.scales + (size_t)tb * n,
+                                  ZEROS ? m.zeros + (size_t)tb * n : nullptr, kq, s + (tb - t0), lds, 8);
+  }
+  for (; tb < t1; tb += 8) {  // copies of the rows, the missing ones repeating the last token (results not stored)
+    const int cnt = t1 - tb < 8 ? t1 - tb : 8;
+    alignas(32) uint8_t rows[8 * ROW + 32];
+    alignas(32) uint16_t sc[8 * n], zr[8 * n];
+    for (int i = 0; i < 8; i++) {
+      const int t = tb + (i < cnt ? i : cnt - 1);
+      std::memcpy(rows + i * ROW, m.codes + (size_t)t * ROW, ROW);
+      std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
+      if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
+    }
+    keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
+  }
+}
+
+template <int BITS, bool ZEROS, int R, int D>
+void scoresRowFast(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
+  KeyQueryAvx2<BITS, R, D> kq;
+  kq.build(q);
+  forEachRunPage(m, t0, t1, [&](int, const QuantRef& page, int s0, int s1, int offset) {
+    keysPageAvx2<BITS, ZEROS, R, D>(page, s0, s1, kq, s + offset, lds);
+  });
+}
+
 // Values: per token group, 8 channels per step (two quads of consecutive channel blocks); the probability
-// slice's 8-token pieces are broadcast to every lane. Accumulates in lanePerm order, un-permuted at the end.
+// slice's 8-token pieces are broadcast to every lane. Accumulates into accMem ([R][d], lanePerm order within each
+// 8 channels). Prefetches the token group after next (codes, scales, zeros), on into the next page of the walk.
 template <int BITS, int R>
-void wsumColI8FastR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, float* out) {
-  constexpr int r = R;
-  const int bb = avxBlockBytes(BITS);
-  alignas(32) float acc[kMaxHeadBlock * kMaxHeadDim];
-  std::memset(acc, 0, sizeof(float) * r * d);
-  alignas(32) int64_t act[kMaxHeadBlock][4][4];
+void valuesPageAvx2(const QuantRef& m, int d, int pageGroups, int g0, int g1, const U8Set& p, float* accMem) {
+  constexpr int bb = avxBlockBytes(BITS);
   const __m128i hperm = halfPermMask<BITS>();
   const float off = (float)avxSymOffset(BITS);
+  alignas(32) int64_t act[R][4][4];
+  // 3 bits: loadQuad<3> reads 4 bytes past a quad, so the range's last quad (group g1 - 1, channels d - 4 .. d - 1)
+  // is read from a copy; every other quad is followed by one this call reads anyway.
+  alignas(32) uint8_t lastQuad[4 * bb + 16] = {};
+  const uint8_t* lastQuadAt = m.codes + ((size_t)g1 * d - 4) * bb;
+  if (BITS == 3 && g1 > g0) std::memcpy(lastQuad, lastQuadAt, 4 * bb);
   for (int tg = g0; tg < g1; tg++) {
-    if (tg + 2 < g1) {  // prefetch the token group after next (codes, scales, zeros), see scoresRowI8Fast
-      const uint8_t* pc = m.codes + (size_t)(tg + 2) * d * bb;
-      for (int off = 0; off < d * bb; off += 64) prefetchLine<Prefetch::L1>((const char*)(pc + off));
-      for (int off = 0; off < d; off += 32) {
-        prefetchLine<Prefetch::L1>((const char*)(m.scales + (size_t)(tg + 2) * d + off));
-        if (m.zeros) prefetchLine<Prefetch::L1>((const char*)(m.zeros + (size_t)(tg + 2) * d + off));
+    const int ahead = tg + 2;
+    const uint8_t* pc = ahead < pageGroups ? m.codes + (size_t)ahead * d * bb
+                                           : m.nextCodes ? m.nextCodes + (size_t)(ahead - pageGroups) * d * bb : nullptr;
+    if (pc) {
+      const size_t gi = (size_t)(ahead < pageGroups ? ahead : ahead - pageGroups) * d;
+      const uint16_t* ps = ahead < pageGroups ? m.scales : m.nextScales;
+      const uint16_t* pz = ahead < pageGroups ? m.zeros : m.nextZeros;
+      for (int o = 0; o < d * bb; o += 64) prefetchLine<Prefetch::L1>((const char*)(pc + o));
+      for (int o = 0; o < d; o += 32) {
+        prefetchLine<Prefetch::L1>((const char*)(ps + gi + o));
+        if (pz) prefetchLine<Prefetch::L1>((const char*)(pz + gi + o));
       }
     }
-    for (int h = 0; h < r; h++)
+    for (int h = 0; h < R; h++)
       for (int k = 0; k < 4; k++) {
         int64_t w;
         std::memcpy(&w, p.q + h * p.ldq + tg * 32 + 8 * k, 8);
         act[h][k][0] = act[h][k][1] = act[h][k][2] = act[h][k][3] = w;
       }
+    __m256 sig[R], sigS[R];
+    for (int h = 0; h < R; h++) {
+      sig[h] = _mm256_broadcast_ss(p.sigma + h * p.lds + tg);
+      sigS[h] = _mm256_broadcast_ss(p.sigmaSum + h * p.lds + tg);
+    }
     for (int jb = 0; jb < d; jb += 8) {
       const size_t gi = (size_t)tg * d + jb;
       const __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(m.scales + gi)), hperm);
@@ -453,31 +497,71 @@ void wsumColI8FastR(const QuantRef& m, int d, int g0, int g1, const U8Set& p, fl
       params8(sc, m.zeros, zc, off, a, bz);
       __m256i ca[4], cc[4];
       loadQuad<BITS>(m.codes + gi * bb, ca);
-      loadQuad<BITS>(m.codes + (gi + 4) * bb, cc);
-      for (int h = 0; h < r; h++) {
+      loadQuad<BITS>(BITS == 3 && m.codes + (gi + 4) * bb == lastQuadAt ? lastQuad : m.codes + (gi + 4) * bb, cc);
+      for (int h = 0; h < R; h++) {
         const __m256i* A = (const __m256i*)act[h];
         const __m256 D = _mm256_cvtepi32_ps(haddPairs(quadDotU8(ca, A), quadDotU8(cc, A)));
-        float* o = acc + h * d + jb;
+        float* o = accMem + h * d + jb;
         __m256 x = _mm256_load_ps(o);
-        x = _mm256_fmadd_ps(a, _mm256_mul_ps(D, _mm256_broadcast_ss(p.sigma + h * p.lds + tg)), x);
-        x = _mm256_fmadd_ps(bz, _mm256_broadcast_ss(p.sigmaSum + h * p.lds + tg), x);
+        x = _mm256_fmadd_ps(a, _mm256_mul_ps(D, sig[h]), x);
+        x = _mm256_fmadd_ps(bz, sigS[h], x);
         _mm256_store_ps(o, x);
       }
     }
   }
-  for (int h = 0; h < r; h++)
+}
+
+// Run token groups [g0, g1): one accumulator block for the whole run (zeroed and un-permuted into out once per run,
+// not per page: that had been ~1 of ~25 cycles per token at 256-token pages).
+template <int BITS, int R>
+void wsumColFast(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float* out) {
+  alignas(32) float acc[R * kMaxHeadDim];
+  std::memset(acc, 0, sizeof(float) * R * d);
+  const int pageGroups = m.pageTokens / 32;
+  forEachRunPage(m, g0 * 32, g1 * 32, [&](int i, const QuantRef& page, int s0, int s1, int) {
+    valuesPageAvx2<BITS, R>(page, d, pageGroups, s0 / 32, s1 / 32, pageWeights(p, i, m.pageTokens), acc);
+  });
+  for (int h = 0; h < R; h++)
     for (int jb = 0; jb < d; jb += 8)
       for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS>(i)] += acc[h * d + jb + i];
 }
 
-template <int BITS, bool ZEROS>
-void scoresRowI8Fast(const QuantRef& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  withHeadCount(r, [&](auto R) { scoresRowI8FastR<BITS, ZEROS, decltype(R)::value>(m, d, t0, t1, q, s, lds); });
+template <int BITS, bool ZEROS, int D>
+void scoresRowFastR(const QuantRun& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+  withHeadCount(r, [&](auto R) { scoresRowFast<BITS, ZEROS, decltype(R)::value, D>(m, t0, t1, q, s, lds); });
 }
 
 template <int BITS>
-void wsumColI8Fast(const QuantRef& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
-  withHeadCount(r, [&](auto R) { wsumColI8FastR<BITS, decltype(R)::value>(m, d, g0, g1, p, out); });
+void wsumColFastR(const QuantRun& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+  withHeadCount(r, [&](auto R) { wsumColFast<BITS, decltype(R)::value>(m, d, g0, g1, p, out); });
+}
+
+// The one dispatch point of the InnerQ integer kernels: G = 32 at 2, 3 and 4 bits (keys: d = 128 or 256) take the
+// fast paths above, everything else the generic page kernels.
+template <int BITS>
+void scoresRowFastB(const QuantRun& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
+  if (m.pages[0].zeros)
+    return d == 128 ? scoresRowFastR<BITS, true, 128>(m, t0, t1, q, r, s, lds) : scoresRowFastR<BITS, true, 256>(m, t0, t1, q, r, s, lds);
+  return d == 128 ? scoresRowFastR<BITS, false, 128>(m, t0, t1, q, r, s, lds) : scoresRowFastR<BITS, false, 256>(m, t0, t1, q, r, s, lds);
+}
+
+void scoresRowI8(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,
+                 size_t lds) {
+  if (f.groupSize == 32 && (d == 128 || d == 256)) {
+    if (f.bits == 2) return scoresRowFastB<2>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 3) return scoresRowFastB<3>(m, d, t0, t1, q, r, s, lds);
+    if (f.bits == 4) return scoresRowFastB<4>(m, d, t0, t1, q, r, s, lds);
+  }
+  scoresRowI8ByPage<scoresRowI8Page>(m, f, d, t0, t1, q, r, s, lds);
+}
+
+void wsumColI8(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out) {
+  if (f.groupSize == 32) {
+    if (f.bits == 2) return wsumColFastR<2>(m, d, g0, g1, p, r, out);
+    if (f.bits == 3) return wsumColFastR<3>(m, d, g0, g1, p, r, out);
+    if (f.bits == 4) return wsumColFastR<4>(m, d, g0, g1, p, r, out);
+  }
+  wsumColI8ByPage<wsumColI8Page>(m, f, d, g0, g1, p, r, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -768,8 +852,7 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
   }
 }
 
-const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8ByPage<scoresRowI8Page>, scoresColF,
-                       wsumColI8ByPage<wsumColI8Page>, wsumRowF, softmaxExp, quantizeI8,
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
                        quantizeU8, quantizeHeadRows,
                        softmaxExpU8Composed<softmaxExp, quantizeU8>};
 
