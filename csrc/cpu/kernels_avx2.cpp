@@ -275,19 +275,21 @@ constexpr int blockOrder(int lane) {
   return BITS >= 3 ? (lane == 1 ? 2 : lane == 2 ? 1 : lane) : lane;
 }
 
-// lane i of hadd(quadDot(A), quadDot(B)) = block kLanePerm[i] of the 8 blocks A0..A3, B0..B3:
-// 128-bit half i>>2, quad (i>>1)&1, lane-in-quad L = (i&1) + 2*(i>>2), block = 4*quad + blockOrder(L).
-template <int BITS>
+// The 8 block dot products of two quads A and B come out in one of two lane orders, lane i holding block
+// lanePerm(i) of A0..A3, B0..B3 (4 + for B) in 64-bit lane L of the quads:
+//  - hadd(quadDot(A), quadDot(B)): half i>>2, quad (i>>1)&1, L = (i&1) + 2*(i>>2);
+//  - pairDot(A, B) (FOLD): L = i >> 1, A in the even lane, B in the odd one.
+template <int BITS, bool FOLD>
 constexpr int lanePerm(int i) {
-  return 4 * ((i >> 1) & 1) + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
+  return FOLD ? 4 * (i & 1) + blockOrder<BITS>(i >> 1) : 4 * ((i >> 1) & 1) + blockOrder<BITS>((i & 1) + 2 * (i >> 2));
 }
 
-template <int BITS>
+template <int BITS, bool FOLD>
 inline __m128i halfPermMask() {  // pshufb mask putting 8 binary16 values into lanePerm order
   alignas(16) char b[16];
   for (int i = 0; i < 8; i++) {
-    b[2 * i] = (char)(2 * lanePerm<BITS>(i));
-    b[2 * i + 1] = (char)(2 * lanePerm<BITS>(i) + 1);
+    b[2 * i] = (char)(2 * lanePerm<BITS, FOLD>(i));
+    b[2 * i + 1] = (char)(2 * lanePerm<BITS, FOLD>(i) + 1);
   }
   return _mm_load_si128((const __m128i*)b);
 }
@@ -310,10 +312,33 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
+// Keys: the 8 block dot products of two quads A and B (two tokens) as int32, lane 2L = block L of A, lane 2L + 1 =
+// block L of B. Each lane's four int16 sums are first folded to two (A's by a 32-bit right shift, B's by a left
+// shift, so that they land in the two halves of the lane), and one madd with ones finishes both quads: one madd
+// instead of one per quad plus a hadd. The folded sums are of 16 products, at most 16 * 15 * 127 = 30480: int16.
+// Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3), at 2
+// and 4 bits 5-12 % slower (one more instruction; see docs/KERNELS.md).
+inline __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
+  auto sums = [&](const __m256i* c) {
+    auto mul = [&](int k) { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
+    return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
+  };
+  const __m256i sa = sums(ca), sc = sums(cc);
+  const __m256i fa = _mm256_add_epi16(sa, _mm256_srli_epi64(sa, 32)), fc = _mm256_add_epi16(sc, _mm256_slli_epi64(sc, 32));
+  return _mm256_madd_epi16(_mm256_blend_epi32(fa, fc, 0xAA), _mm256_set1_epi16(1));
+}
+
+// Joins two float vectors in pairDot's lane order (per 128-bit half: A and B of one block, then of the next): per
+// half [x's A, x's B, y's A, y's B], each summed over the half's two blocks.
+inline __m256 joinPairs(__m256 x, __m256 y) {
+  const __m256d xd = _mm256_castps_pd(x), yd = _mm256_castps_pd(y);
+  return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(xd, yd)), _mm256_castpd_ps(_mm256_unpackhi_pd(xd, yd)));
+}
+
 // What the key kernel derives from the query once per run (not per page: at 256-token pages the per-call setup had
 // been ~1.5 of ~30 cycles per token): quad qd's activation vectors (lane L = codes 8k..8k+7 of slice
 // 4qd + blockOrder(L)), and per lanePerm lane the slice's sigma, sigmaSum and symmetric start -2^(b-1) * Σ q.
-template <int BITS, int R, int D>
+template <int BITS, bool FOLD, int R, int D>
 struct KeyQueryAvx2 {
   static constexpr int NQ = D / 128;
   alignas(32) int8_t act[R][NQ][4][32];
@@ -326,7 +351,7 @@ struct KeyQueryAvx2 {
           for (int L = 0; L < 4; L++)
             std::memcpy(&act[h][qd][k][8 * L], q.q + h * q.ldq + (4 * qd + blockOrder<BITS>(L)) * 32 + 8 * k, 8);
         for (int i = 0; i < 8; i++) {
-          const int g = 4 * qd + lanePerm<BITS>(i) % 4;
+          const int g = 4 * qd + lanePerm<BITS, FOLD>(i) % 4;
           sigma[h][qd][i] = q.sigma[h * q.lds + g];
           sigmaSum[h][qd][i] = q.sigmaSum[h * q.lds + g];
           int sum = 0;
@@ -345,12 +370,14 @@ struct KeyQueryAvx2 {
 // of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck). Their scales have
 // clear sign bits, so they convert without the hybrid decoding.
 template <int BITS, bool ZEROS, int R, int D>
-inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t* zr, const KeyQueryAvx2<BITS, R, D>& kq,
+inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t* zr, const KeyQueryAvx2<BITS, BITS == 3, R, D>& kq,
                        float* s, size_t lds, int cnt) {
   constexpr int n = D / 32, NQ = D / 128, ROW = n * avxBlockBytes(BITS), QB = 4 * avxBlockBytes(BITS);
-  const __m128i hperm = halfPermMask<BITS>();
+  constexpr bool FOLD = BITS == 3;  // pairDot's lane order (see there)
+  const __m128i hperm = halfPermMask<BITS, FOLD>();
   const float off = (float)avxSymOffset(BITS);
-  // pair p's float sums: lanes [ta L0, ta L1, tc L0, tc L1 | ta L2, ta L3, tc L2, tc L3]
+  // pair p's float sums in lanePerm order: [ta L0, ta L1, tc L0, tc L1 | ta L2, ta L3, tc L2, tc L3], or with FOLD
+  // [ta L0, tc L0, ta L1, tc L1 | ta L2, tc L2, ta L3, tc L3] (L: blockOrder)
   auto pairSums = [&](int p, __m256* acc) {
     const int ta = 2 * p, tc = 2 * p + 1;
     for (int qd = 0; qd < NQ; qd++) {
@@ -371,7 +398,7 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
       loadQuad<BITS>(codes + tc * ROW + qd * QB, cc);
       for (int h = 0; h < R; h++) {
         const __m256i* A = (const __m256i*)kq.act[h][qd];
-        __m256i Di = haddPairs(quadDot(ca, A), quadDot(cc, A));
+        __m256i Di = FOLD ? pairDot(ca, cc, A) : haddPairs(quadDot(ca, A), quadDot(cc, A));
         if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)kq.start[h][qd]));
         const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(Di), _mm256_load_ps(kq.sigma[h][qd]));
         acc[h] = qd == 0 ? _mm256_mul_ps(a, x) : _mm256_fmadd_ps(a, x, acc[h]);
@@ -383,10 +410,10 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
   __m256 u[R], v[R], y01[R], y23[R];
   pairSums(0, u);
   pairSums(1, v);
-  for (int h = 0; h < R; h++) y01[h] = haddPairs(u[h], v[h]);
+  for (int h = 0; h < R; h++) y01[h] = FOLD ? joinPairs(u[h], v[h]) : haddPairs(u[h], v[h]);
   pairSums(2, u);
   pairSums(3, v);
-  for (int h = 0; h < R; h++) y23[h] = haddPairs(u[h], v[h]);
+  for (int h = 0; h < R; h++) y23[h] = FOLD ? joinPairs(u[h], v[h]) : haddPairs(u[h], v[h]);
   for (int h = 0; h < R; h++) {
     const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(y01[h], y23[h], 0x20), _mm256_permute2f128_ps(y01[h], y23[h], 0x31));
     if (cnt == 8) {
@@ -414,7 +441,7 @@ inline void prefetchKeyRowsAvx2(const uint8_t* codes, const uint16_t* scales, co
 // walk at the end of this one. The tail (< 8 tokens), and for 3 bits the last 8 rows (loadQuad<3> reads 4 bytes past
 // a row's last quad), run on copies of the rows.
 template <int BITS, bool ZEROS, int R, int D>
-void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, R, D>& kq, float* s, size_t lds) {
+void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, BITS == 3, R, D>& kq, float* s, size_t lds) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   constexpr int kAhead = 3072 / ROW / 8 * 8 < 16 ? 16 : 3072 / ROW / 8 * 8;
   const int direct = BITS == 3 ? t1 - 8 : t1;  // 8-token steps that may read the rows in place
@@ -443,7 +470,7 @@ void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, R,
 
 template <int BITS, bool ZEROS, int R, int D>
 void scoresRowFast(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
-  KeyQueryAvx2<BITS, R, D> kq;
+  KeyQueryAvx2<BITS, BITS == 3, R, D> kq;
   kq.build(q);
   forEachRunPage(m, t0, t1, [&](int, const QuantRef& page, int s0, int s1, int offset) {
     keysPageAvx2<BITS, ZEROS, R, D>(page, s0, s1, kq, s + offset, lds);
@@ -456,7 +483,7 @@ void scoresRowFast(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, 
 template <int BITS, int R>
 void valuesPageAvx2(const QuantRef& m, int d, int pageGroups, int g0, int g1, const U8Set& p, float* accMem) {
   constexpr int bb = avxBlockBytes(BITS);
-  const __m128i hperm = halfPermMask<BITS>();
+  const __m128i hperm = halfPermMask<BITS, false>();
   const float off = (float)avxSymOffset(BITS);
   alignas(32) int64_t act[R][4][4];
   // 3 bits: loadQuad<3> reads 4 bytes past a quad, so the range's last quad (group g1 - 1, channels d - 4 .. d - 1)
@@ -523,7 +550,7 @@ void wsumColFast(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float
   });
   for (int h = 0; h < R; h++)
     for (int jb = 0; jb < d; jb += 8)
-      for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS>(i)] += acc[h * d + jb + i];
+      for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS, false>(i)] += acc[h * d + jb + i];
 }
 
 template <int BITS, bool ZEROS, int D>
