@@ -219,7 +219,8 @@ void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int 
 // Σ_k maddubs(c[k], a[k]) accumulates, per lane, the dot product of that block in int16 (8 products of at most
 // 15*127 per int16 lane: <= 15240 < 32767 for 4-bit), and one madd leaves 2 int32 per block. One hadd of two
 // such quads (two tokens, or channels j..j+3 and j+4..j+7) yields the 8 block dot products D in 8 lanes, in the
-// lane order lanePerm below; scales are permuted into the same order once per 8 blocks (shared by all heads).
+// lane order lanePerm below (3-bit keys fold the two quads before a single madd instead, see pairDot); scales are
+// permuted into the same order once per 8 blocks (shared by all heads).
 // The 2-bit block layout makes c[k] a plain 64-bit shift + mask of one 32-byte load. 3- and 4-bit quads load
 // each 128-bit half separately and interleave them with unpack(lo|hi)_epi64, which is why their lane order of
 // blocks is (0, 2, 1, 3): no lane-crossing permute (vpermd issues about once per cycle on Zen 3, and the 3-bit
