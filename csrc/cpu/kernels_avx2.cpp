@@ -145,16 +145,7 @@ void scoresRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t
         }
       }
     }
-    for (int h = 0; h < r; h++) {
-      float* o = s + h * lds + (tb - t0);
-      if (cnt == 8) {
-        _mm256_storeu_ps(o, acc[h]);
-      } else {
-        alignas(32) float tmp[8];
-        _mm256_store_ps(tmp, acc[h]);
-        for (int i = 0; i < cnt; i++) o[i] = tmp[i];
-      }
-    }
+    for (int h = 0; h < r; h++) storeLeading(s + h * lds + (tb - t0), acc[h], cnt);
   }
 }
 
@@ -417,24 +408,8 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
   for (int h = 0; h < R; h++) y23[h] = FOLD ? joinPairs(u[h], v[h]) : haddPairs(u[h], v[h]);
   for (int h = 0; h < R; h++) {
     const __m256 res = _mm256_add_ps(_mm256_permute2f128_ps(y01[h], y23[h], 0x20), _mm256_permute2f128_ps(y01[h], y23[h], 0x31));
-    if (cnt == 8) {
-      _mm256_storeu_ps(s + h * lds, res);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, res);
-      for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
-    }
+    storeLeading(s + h * lds, res, cnt);
   }
-}
-
-// Prefetches the code rows [row, row + rows) of one page and their scales (and zeros) into L1.
-template <int BITS, bool ZEROS, int D>
-inline void prefetchKeyRowsAvx2(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
-  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
-  for (int o = 0; o < rows * ROW; o += 64) prefetchLine<Prefetch::L1>((const char*)(codes + row * ROW + o));
-  for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
-  if (ZEROS)
-    for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(zeros + row * n + o));
 }
 
 // Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Prefetches ~3 KiB of codes ahead (the kernel is compute-heavy
@@ -449,9 +424,9 @@ void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, BI
   int tb = t0;
   for (; tb + 8 <= direct; tb += 8) {
     if (tb + kAhead < t1)
-      prefetchKeyRowsAvx2<BITS, ZEROS, D>(m.codes, m.scales, m.zeros, (size_t)tb + kAhead, 8);
+      prefetchKeyRowsOf<Prefetch::L1, ZEROS, ROW, n>(m.codes, m.scales, m.zeros, (size_t)tb + kAhead, 8);
     else if (m.nextCodes)
-      prefetchKeyRowsAvx2<BITS, ZEROS, D>(m.nextCodes, m.nextScales, m.nextZeros, (size_t)(tb + kAhead - t1), 8);
+      prefetchKeyRowsOf<Prefetch::L1, ZEROS, ROW, n>(m.nextCodes, m.nextScales, m.nextZeros, (size_t)(tb + kAhead - t1), 8);
     keyTokens8<BITS, ZEROS, R, D>(m.codes + (size_t)tb * ROW, m.scales + (size_t)tb * n,
                                   ZEROS ? m.zeros + (size_t)tb * n : nullptr, kq, s + (tb - t0), lds, 8);
   }
@@ -459,12 +434,7 @@ void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, BI
     const int cnt = t1 - tb < 8 ? t1 - tb : 8;
     alignas(32) uint8_t rows[8 * ROW + 32];
     alignas(32) uint16_t sc[8 * n], zr[8 * n];
-    for (int i = 0; i < 8; i++) {
-      const int t = tb + (i < cnt ? i : cnt - 1);
-      std::memcpy(rows + i * ROW, m.codes + (size_t)t * ROW, ROW);
-      std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
-      if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
-    }
+    copyKeyRows<ZEROS, ROW, n>(m, tb, cnt, rows, sc, zr);
     keyTokens8<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
   }
 }
@@ -554,11 +524,6 @@ void wsumColFast(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float
       for (int i = 0; i < 8; i++) out[h * d + jb + lanePerm<BITS, false>(i)] += acc[h * d + jb + i];
 }
 
-template <int BITS, bool ZEROS, int D>
-void scoresRowFastR(const QuantRun& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  withHeadCount(r, [&](auto R) { scoresRowFast<BITS, ZEROS, decltype(R)::value, D>(m, t0, t1, q, s, lds); });
-}
-
 template <int BITS>
 void wsumColFastR(const QuantRun& m, int d, int g0, int g1, const U8Set& p, int r, float* out) {
   withHeadCount(r, [&](auto R) { wsumColFast<BITS, decltype(R)::value>(m, d, g0, g1, p, out); });
@@ -568,9 +533,9 @@ void wsumColFastR(const QuantRun& m, int d, int g0, int g1, const U8Set& p, int 
 // fast paths above, everything else the generic page kernels.
 template <int BITS>
 void scoresRowFastB(const QuantRun& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  if (m.pages[0].zeros)
-    return d == 128 ? scoresRowFastR<BITS, true, 128>(m, t0, t1, q, r, s, lds) : scoresRowFastR<BITS, true, 256>(m, t0, t1, q, r, s, lds);
-  return d == 128 ? scoresRowFastR<BITS, false, 128>(m, t0, t1, q, r, s, lds) : scoresRowFastR<BITS, false, 256>(m, t0, t1, q, r, s, lds);
+  withKeyShape(m, d, r, [&](auto Z, auto D, auto R) {
+    scoresRowFast<BITS, decltype(Z)::value, decltype(R)::value, decltype(D)::value>(m, t0, t1, q, s, lds);
+  });
 }
 
 void scoresRowI8(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,

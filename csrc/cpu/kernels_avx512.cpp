@@ -315,24 +315,14 @@ inline void keyTokens(const uint8_t* rows, const uint16_t* sc, const uint16_t* z
   for (int u = 0; u < NG; u++)
     for (int h = 0; h < R; h++) {
       const __m256 v = sumHalves(acc[u][h]);  // token t: the sums over the even and the odd blocks
-      if (cnt == 8 * NG) {
-        _mm256_storeu_ps(s + h * lds + 8 * u, v);
-      } else {
-        alignas(32) float tmp[8];
-        _mm256_store_ps(tmp, v);
-        for (int i = 0; i < cnt; i++) s[h * lds + i] = tmp[i];
-      }
+      storeLeading(s + h * lds + 8 * u, v, cnt == 8 * NG ? 8 : cnt);  // a tail (cnt < 8) has NG = 1
     }
 }
 
 // Prefetches the code rows [row, row + rows) of one page and their scales (and zeros) into L1 (L2 for 4-bit codes).
 template <int BITS, bool ZEROS, int D>
 inline void prefetchKeyRows(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
-  constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
-  for (int o = 0; o < rows * ROW; o += 64) prefetchCodeLine<BITS>(codes + row * ROW + o);
-  for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
-  if (ZEROS)
-    for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(zeros + row * n + o));
+  prefetchKeyRowsOf<BITS == 4 ? Prefetch::L2 : Prefetch::L1, ZEROS, D / 32 * avxBlockBytes(BITS), D / 32>(codes, scales, zeros, row, rows);
 }
 
 // Page slots [t0, t1) of one page; s[h*lds + (t - t0)]. Steps of 8 * NG tokens (NG = 2 for symmetric 2- and 3-bit
@@ -362,12 +352,7 @@ void keysPageVnni(const QuantRef& m, int t0, int t1, const KeyQuery& kq, float* 
     const int cnt = t1 - tb;
     alignas(64) uint8_t rows[8 * ROW + 64];
     alignas(64) uint16_t sc[8 * n + 32], zr[8 * n + 32];
-    for (int i = 0; i < 8; i++) {
-      const int t = tb + (i < cnt ? i : cnt - 1);
-      std::memcpy(rows + i * ROW, m.codes + (size_t)t * ROW, ROW);
-      std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
-      if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
-    }
+    copyKeyRows<ZEROS, ROW, n>(m, tb, cnt, rows, sc, zr);
     keyTokens<BITS, ZEROS, R, D>(rows, sc, zr, kq, s + (tb - t0), lds, cnt);
   }
 }
@@ -383,16 +368,11 @@ void scoresRowVnni(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, 
   });
 }
 
-template <int BITS, bool ZEROS, int D>
-void scoresRowVnniR(const QuantRun& m, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  withHeadCount(r, [&](auto R) { scoresRowVnni<BITS, ZEROS, decltype(R)::value, D>(m, t0, t1, q, s, lds); });
-}
-
 template <int BITS>
 void scoresRowVnniB(const QuantRun& m, int d, int t0, int t1, const I8Set& q, int r, float* s, size_t lds) {
-  if (m.pages[0].zeros)
-    return d == 128 ? scoresRowVnniR<BITS, true, 128>(m, t0, t1, q, r, s, lds) : scoresRowVnniR<BITS, true, 256>(m, t0, t1, q, r, s, lds);
-  return d == 128 ? scoresRowVnniR<BITS, false, 128>(m, t0, t1, q, r, s, lds) : scoresRowVnniR<BITS, false, 256>(m, t0, t1, q, r, s, lds);
+  withKeyShape(m, d, r, [&](auto Z, auto D, auto R) {
+    scoresRowVnni<BITS, decltype(Z)::value, decltype(R)::value, decltype(D)::value>(m, t0, t1, q, s, lds);
+  });
 }
 
 void scoresRowI8(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r, float* s,

@@ -112,6 +112,23 @@ inline void withHeadCount(int r, F&& f) {
   }
 }
 
+// The key kernels' dispatch from a run's shape to template arguments: calls f(Z, D, R) with Z =
+// std::bool_constant<the matrix has zero points>, D = std::integral_constant<int, d> (d = 128 or 256) and R as
+// withHeadCount gives it.
+template <class F>
+inline void withKeyShape(const QuantRun& m, int d, int r, F&& f) {
+  auto withD = [&](auto Z) {
+    if (d == 128)
+      withHeadCount(r, [&](auto R) { f(Z, std::integral_constant<int, 128>{}, R); });
+    else
+      withHeadCount(r, [&](auto R) { f(Z, std::integral_constant<int, 256>{}, R); });
+  };
+  if (m.pages[0].zeros)
+    withD(std::true_type{});
+  else
+    withD(std::false_type{});
+}
+
 // Prefetch fp16 row a of a page's run of n rows (stride ld), or, for a >= n, row a - n of the next page (`next`,
 // nullptr when the caller does not go on there): every page is a new stream for the hardware prefetcher, so the
 // fp16 kernels prefetch a few rows ahead and on into the next page (d halves per row).
@@ -119,6 +136,40 @@ inline void prefetchFp16Row(const uint16_t* rows, size_t ld, int n, const uint16
   const uint16_t* pr = a < n ? rows + (size_t)a * ld : next ? next + (size_t)(a - n) * ld : nullptr;
   if (pr)
     for (int j = 0; j < d; j += 32) prefetchLine<Prefetch::L1>((const char*)(pr + j));
+}
+
+// Stores the first cnt (1..8) lanes of v at o: whole when cnt == 8, else through a stack copy (a kernel's tail).
+inline void storeLeading(float* o, __m256 v, int cnt) {
+  if (cnt == 8) {
+    _mm256_storeu_ps(o, v);
+  } else {
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, v);
+    for (int i = 0; i < cnt; i++) o[i] = tmp[i];
+  }
+}
+
+// InnerQ key rows (kRowGrouped): prefetches the code rows [row, row + rows) of one page (ROW bytes each, with hint
+// CODES) and their scales (and zeros: n = groups per row) into L1. Both tables' key kernels run it a fixed distance
+// ahead and on into the next page.
+template <Prefetch CODES, bool ZEROS, int ROW, int n>
+inline void prefetchKeyRowsOf(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
+  for (int o = 0; o < rows * ROW; o += 64) prefetchLine<CODES>((const char*)(codes + row * ROW + o));
+  for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
+  if (ZEROS)
+    for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(zeros + row * n + o));
+}
+
+// A key kernel's tail: copies the 8 rows from slot tb on (ROW code bytes and n scales, zeros, each) into rows, sc
+// and zr, rows past cnt repeating the last one (the kernel computes them and does not store their results).
+template <bool ZEROS, int ROW, int n>
+inline void copyKeyRows(const QuantRef& m, int tb, int cnt, uint8_t* rows, uint16_t* sc, uint16_t* zr) {
+  for (int i = 0; i < 8; i++) {
+    const int t = tb + (i < cnt ? i : cnt - 1);
+    std::memcpy(rows + i * ROW, m.codes + (size_t)t * ROW, ROW);
+    std::memcpy(sc + i * n, m.scales + (size_t)t * n, 2 * n);
+    if (ZEROS) std::memcpy(zr + i * n, m.zeros + (size_t)t * n, 2 * n);
+  }
 }
 
 // _mm256_hadd_epi32 / _mm256_hadd_ps without vphaddd / vhaddps: those are 3 ops that issue once per two cycles on
