@@ -308,8 +308,8 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
 // block L of B. Each lane's four int16 sums are first folded to two (A's by a 32-bit right shift, B's by a left
 // shift, so that they land in the two halves of the lane), and one madd with ones finishes both quads: one madd
 // instead of one per quad plus a hadd. The folded sums are of 16 products, at most 16 * 15 * 127 = 30480: int16.
-// Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3), at 2
-// and 4 bits 5-12 % slower (one more instruction; see docs/KERNELS.md).
+// Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3); at 2
+// and 4 bits, and for values, 5-14 % slower (one more instruction; docs/KERNELS.md, "Zen 3").
 inline __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
   auto sums = [&](const __m256i* c) {
     auto mul = [&](int k) { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
@@ -327,8 +327,8 @@ inline __m256 joinPairs(__m256 x, __m256 y) {
   return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(xd, yd)), _mm256_castpd_ps(_mm256_unpackhi_pd(xd, yd)));
 }
 
-// What the key kernel derives from the query once per run (not per page: at 256-token pages the per-call setup had
-// been ~1.5 of ~30 cycles per token): quad qd's activation vectors (lane L = codes 8k..8k+7 of slice
+// What the key kernel derives from the query once per run (as the avx512 table does; it used to be rebuilt for every
+// 256-token page): quad qd's activation vectors (lane L = codes 8k..8k+7 of slice
 // 4qd + blockOrder(L)), and per lanePerm lane the slice's sigma, sigmaSum and symmetric start -2^(b-1) * Σ q.
 template <int BITS, bool FOLD, int R, int D>
 struct KeyQueryAvx2 {
@@ -355,8 +355,8 @@ struct KeyQueryAvx2 {
 };
 
 // Keys, 8 tokens (rows t = 0..7 at codes + t*ROW, scales sc + t*n, zeros zr + t*n), processed as 4 token pairs: per
-// pair and quad of groups one hadd gives the 8 (token, group) dot products; the pairs' float sums are joined by
-// a small hadd tree into s[h*lds + t], t < cnt.
+// pair and quad of groups one hadd (or pairDot) gives the 8 (token, group) dot products; the pairs' float sums are
+// joined by a small tree into s[h*lds + t], t < cnt.
 // Symmetric-only matrices (ZEROS = false) have bz = -2^(b-1) * a, so a*sigma*D + bz*sigmaSum = a*sigma*(D - 2^(b-1)*S)
 // with S the integer sum of the query slice's codes: the offset is added to D as an integer (any ALU port) instead
 // of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck). Their scales have
@@ -509,8 +509,8 @@ void valuesPageAvx2(const QuantRef& m, int d, int pageGroups, int g0, int g1, co
   }
 }
 
-// Run token groups [g0, g1): one accumulator block for the whole run (zeroed and un-permuted into out once per run,
-// not per page: that had been ~1 of ~25 cycles per token at 256-token pages).
+// Run token groups [g0, g1): one accumulator block for the whole run (zeroed, and un-permuted into out, once per run
+// instead of once per 256-token page: r x d floats each time).
 template <int BITS, int R>
 void wsumColFast(const QuantRun& m, int d, int g0, int g1, const U8Set& p, float* out) {
   alignas(32) float acc[R * kMaxHeadDim];
