@@ -24,18 +24,18 @@ FLAGS="-std=c++17 -O3 -Wall -Wextra -g ${EXTRA_FLAGS:-}"
 AVX2="-mavx2 -mfma -mf16c"
 AVX512="$AVX2 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg"
 bash test/native/cpu/build.sh > /dev/null  # the A side: this tree's objects
+# the table function's mangled name (innerq::cpu::avx2Kernels() / avx512Kernels()) and the candidate's, as
+# kernel_cycles.cpp declares it
 if [ "$table" = avx2 ]; then
-  $CXX $FLAGS $AVX2 -Icsrc/cpu -c "$candidate" -o "$out/candidate_avx2.o"
-  # the mangled name of innerq::cpu::avx2Kernels() and of the declaration kernel_cycles.cpp makes for the candidate
-  objcopy --redefine-sym _ZN6innerq3cpu11avx2KernelsEv=_ZN6innerq3cpu20avx2KernelsCandidateEv "$out/candidate_avx2.o"
-  cand_obj="$out/candidate_avx2.o"
-  defs="-DKERNEL_CYCLES_AB -DKERNEL_CYCLES_AB_AVX2"
+  flags=$AVX2; defs="-DKERNEL_CYCLES_AB -DKERNEL_CYCLES_AB_AVX2"
+  from=_ZN6innerq3cpu11avx2KernelsEv; to=_ZN6innerq3cpu20avx2KernelsCandidateEv
 else
-  $CXX $FLAGS $AVX512 -Icsrc/cpu -c "$candidate" -o "$out/candidate_avx512.o"
-  objcopy --redefine-sym _ZN6innerq3cpu13avx512KernelsEv=_ZN6innerq3cpu22avx512KernelsCandidateEv "$out/candidate_avx512.o"
-  cand_obj="$out/candidate_avx512.o"
-  defs="-DKERNEL_CYCLES_AB"
+  flags=$AVX512; defs="-DKERNEL_CYCLES_AB"
+  from=_ZN6innerq3cpu13avx512KernelsEv; to=_ZN6innerq3cpu22avx512KernelsCandidateEv
 fi
+cand_obj="$out/candidate_$table.o"
+$CXX $FLAGS $flags -Icsrc/cpu -c "$candidate" -o "$cand_obj"
+objcopy --redefine-sym "$from=$to" "$cand_obj"
 objs=()
 for f in csrc/cpu/*.cpp; do objs+=("$out/$(basename "${f%.cpp}").o"); done
 $CXX $FLAGS $defs bench/native/kernel_cycles.cpp "${objs[@]}" "$cand_obj" -o "$out/kernel_cycles_ab" -pthread

@@ -304,6 +304,10 @@ inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
+// Which key widths use pairDot (below) and its lane order.
+template <int BITS>
+constexpr bool kFoldKeys = BITS == 3;
+
 // Keys: the 8 block dot products of two quads A and B (two tokens) as int32, lane 2L = block L of A, lane 2L + 1 =
 // block L of B. Each lane's four int16 sums are first folded to two (A's by a 32-bit right shift, B's by a left
 // shift, so that they land in the two halves of the lane), and one madd with ones finishes both quads: one madd
@@ -362,10 +366,10 @@ struct KeyQueryAvx2 {
 // of a second FMA per head and token pair (the FMA/multiply ports are this kernel's bottleneck). Their scales have
 // clear sign bits, so they convert without the hybrid decoding.
 template <int BITS, bool ZEROS, int R, int D>
-inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t* zr, const KeyQueryAvx2<BITS, BITS == 3, R, D>& kq,
+inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t* zr, const KeyQueryAvx2<BITS, kFoldKeys<BITS>, R, D>& kq,
                        float* s, size_t lds, int cnt) {
   constexpr int n = D / 32, NQ = D / 128, ROW = n * avxBlockBytes(BITS), QB = 4 * avxBlockBytes(BITS);
-  constexpr bool FOLD = BITS == 3;  // pairDot's lane order (see there)
+  constexpr bool FOLD = kFoldKeys<BITS>;
   const __m128i hperm = halfPermMask<BITS, FOLD>();
   const float off = (float)avxSymOffset(BITS);
   // pair p's float sums in lanePerm order: [ta L0, ta L1, tc L0, tc L1 | ta L2, ta L3, tc L2, tc L3], or with FOLD
@@ -417,7 +421,7 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
 // walk at the end of this one. The tail (< 8 tokens), and for 3 bits the last 8 rows (loadQuad<3> reads 4 bytes past
 // a row's last quad), run on copies of the rows.
 template <int BITS, bool ZEROS, int R, int D>
-void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, BITS == 3, R, D>& kq, float* s, size_t lds) {
+void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, kFoldKeys<BITS>, R, D>& kq, float* s, size_t lds) {
   constexpr int n = D / 32, ROW = n * avxBlockBytes(BITS);
   constexpr int kAhead = 3072 / ROW / 8 * 8 < 16 ? 16 : 3072 / ROW / 8 * 8;
   const int direct = BITS == 3 ? t1 - 8 : t1;  // 8-token steps that may read the rows in place
@@ -441,7 +445,7 @@ void keysPageAvx2(const QuantRef& m, int t0, int t1, const KeyQueryAvx2<BITS, BI
 
 template <int BITS, bool ZEROS, int R, int D>
 void scoresRowFast(const QuantRun& m, int t0, int t1, const I8Set& q, float* s, size_t lds) {
-  KeyQueryAvx2<BITS, BITS == 3, R, D> kq;
+  KeyQueryAvx2<BITS, kFoldKeys<BITS>, R, D> kq;
   kq.build(q);
   forEachRunPage(m, t0, t1, [&](int, const QuantRef& page, int s0, int s1, int offset) {
     keysPageAvx2<BITS, ZEROS, R, D>(page, s0, s1, kq, s + offset, lds);
@@ -464,13 +468,13 @@ void valuesPageAvx2(const QuantRef& m, int d, int pageGroups, int g0, int g1, co
   if (BITS == 3 && g1 > g0) std::memcpy(lastQuad, lastQuadAt, 4 * bb);
   for (int tg = g0; tg < g1; tg++) {
     const int ahead = tg + 2;
-    const uint8_t* pc = ahead < pageGroups ? m.codes + (size_t)ahead * d * bb
-                                           : m.nextCodes ? m.nextCodes + (size_t)(ahead - pageGroups) * d * bb : nullptr;
+    const bool here = ahead < pageGroups;  // else group ahead - pageGroups of the next page, if the walk goes on
+    const uint8_t* pc = here ? m.codes : m.nextCodes;
     if (pc) {
-      const size_t gi = (size_t)(ahead < pageGroups ? ahead : ahead - pageGroups) * d;
-      const uint16_t* ps = ahead < pageGroups ? m.scales : m.nextScales;
-      const uint16_t* pz = ahead < pageGroups ? m.zeros : m.nextZeros;
-      for (int o = 0; o < d * bb; o += 64) prefetchLine<Prefetch::L1>((const char*)(pc + o));
+      const size_t gi = (size_t)(here ? ahead : ahead - pageGroups) * d;
+      const uint16_t* ps = here ? m.scales : m.nextScales;
+      const uint16_t* pz = here ? m.zeros : m.nextZeros;
+      for (int o = 0; o < d * bb; o += 64) prefetchLine<Prefetch::L1>((const char*)(pc + gi * bb + o));
       for (int o = 0; o < d; o += 32) {
         prefetchLine<Prefetch::L1>((const char*)(ps + gi + o));
         if (pz) prefetchLine<Prefetch::L1>((const char*)(pz + gi + o));
