@@ -220,7 +220,7 @@ template <int BITS>
 inline void loadQuad(const uint8_t* p, __m256i c[4]);
 
 template <>
-inline void loadQuad<2>(const uint8_t* p, __m256i c[4]) {
+INNERQ_INLINE void loadQuad<2>(const uint8_t* p, __m256i c[4]) {
   const __m256i v = _mm256_loadu_si256((const __m256i*)p), m = _mm256_set1_epi8(3);
   c[0] = _mm256_and_si256(v, m);
   c[1] = _mm256_and_si256(_mm256_srli_epi64(v, 2), m);
@@ -229,7 +229,7 @@ inline void loadQuad<2>(const uint8_t* p, __m256i c[4]) {
 }
 
 template <>
-inline void loadQuad<3>(const uint8_t* p, __m256i c[4]) {
+INNERQ_INLINE void loadQuad<3>(const uint8_t* p, __m256i c[4]) {
   // Block g is bytes 12g..12g+11: its 2-bit plane, then its 32-bit high plane. One 16-byte load per block puts
   // both in one 128-bit half (blocks 0 | 1 in X, 2 | 3 in Y; the last 4 bytes of each load are the next block's and
   // unused), so unpacklo_epi64 gives the 2-bit planes in lane order (0, 2, 1, 3) and unpackhi_epi64 the high planes
@@ -251,7 +251,7 @@ inline void loadQuad<3>(const uint8_t* p, __m256i c[4]) {
 }
 
 template <>
-inline void loadQuad<4>(const uint8_t* p, __m256i c[4]) {
+INNERQ_INLINE void loadQuad<4>(const uint8_t* p, __m256i c[4]) {
   const __m256i v0 = _mm256_loadu_si256((const __m256i*)p), v1 = _mm256_loadu_si256((const __m256i*)(p + 32));
   const __m256i m = _mm256_set1_epi8(15);
   const __m256i lo0 = _mm256_and_si256(v0, m), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), m);
@@ -277,7 +277,7 @@ constexpr int lanePerm(int i) {
 }
 
 template <int BITS, bool FOLD>
-inline __m128i halfPermMask() {  // pshufb mask putting 8 binary16 values into lanePerm order
+INNERQ_INLINE __m128i halfPermMask() {  // pshufb mask putting 8 binary16 values into lanePerm order
   alignas(16) char b[16];
   for (int i = 0; i < 8; i++) {
     b[2 * i] = (char)(2 * lanePerm<BITS, FOLD>(i));
@@ -286,7 +286,7 @@ inline __m128i halfPermMask() {  // pshufb mask putting 8 binary16 values into l
   return _mm_load_si128((const __m128i*)b);
 }
 
-inline __m256i quadDot(const __m256i c[4], const __m256i* a) {
+INNERQ_INLINE __m256i quadDot(const __m256i c[4], const __m256i* a) {
   __m256i s = _mm256_maddubs_epi16(c[0], _mm256_load_si256(a));
   s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[1], _mm256_load_si256(a + 1)));
   s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], _mm256_load_si256(a + 2)));
@@ -296,7 +296,7 @@ inline __m256i quadDot(const __m256i c[4], const __m256i* a) {
 
 // Values: u8 weights as the unsigned maddubs operand, codes as the signed one. Per int16 lane: 4 maddubs pairs =
 // 8 products of at most 255*15: <= 30600 < 32767 for 4-bit.
-inline __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
+INNERQ_INLINE __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
   __m256i s = _mm256_maddubs_epi16(_mm256_load_si256(a), c[0]);
   s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_load_si256(a + 1), c[1]));
   s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_load_si256(a + 2), c[2]));
@@ -314,7 +314,7 @@ constexpr bool kFoldKeys = BITS == 3;
 // instead of one per quad plus a hadd. The folded sums are of 16 products, at most 16 * 15 * 127 = 30480: int16.
 // Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3); at 2
 // and 4 bits, and for values, 5-14 % slower (one more instruction; docs/KERNELS.md, "Zen 3").
-inline __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
+INNERQ_INLINE __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
   auto sums = [&](const __m256i* c) {
     auto mul = [&](int k) { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
     return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
@@ -374,7 +374,7 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
   const float off = (float)avxSymOffset(BITS);
   // pair p's float sums in lanePerm order: [ta L0, ta L1, tc L0, tc L1 | ta L2, ta L3, tc L2, tc L3], or with FOLD
   // [ta L0, tc L0, ta L1, tc L1 | ta L2, tc L2, ta L3, tc L3] (L: blockOrder)
-  auto pairSums = [&](int p, __m256* acc) {
+  auto pairSums = [&](int p, __m256* acc) INNERQ_INLINE_LAMBDA {
     const int ta = 2 * p, tc = 2 * p + 1;
     for (int qd = 0; qd < NQ; qd++) {
       // the pair's 4 + 4 scales (and zeros) of this quad: one 16-byte load when the rows are 4 groups long
@@ -403,7 +403,7 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
     }
   };
   // pairs (0, 1) and (2, 3) are joined as soon as both exist, so that few vectors stay live
-  __m256 u[R], v[R], y01[R], y23[R];
+  __m256 u[R] = {}, v[R] = {}, y01[R], y23[R];  // (initialised: GCC cannot see that pairSums sets them)
   pairSums(0, u);
   pairSums(1, v);
   for (int h = 0; h < R; h++) y01[h] = FOLD ? joinPairs(u[h], v[h]) : haddPairs(u[h], v[h]);

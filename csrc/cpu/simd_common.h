@@ -19,6 +19,13 @@ namespace {
 // The SIMD files must not call the shared inline helpers of format.cuh: in an unoptimised build their out-of-line
 // copies would be emitted there with AVX encodings and the linker could pick them for the portable code too.
 // Internal-linkage copies (same formulas as format.cuh) avoid that.
+// Forces inlining of the small helpers of the hot key and value loops (and of their per-token-pair lambdas). With
+// dozens of template instances GCC 12 leaves some out of line: the avx2 3-bit key loop called loadQuad<3> twice
+// and its pair lambda once per token pair, each call preceded by vzeroupper and the code vectors passed through
+// the stack, and rebuilt the constant halfPermMask in a call per 8 tokens.
+#define INNERQ_INLINE inline __attribute__((always_inline))
+#define INNERQ_INLINE_LAMBDA __attribute__((always_inline))
+
 constexpr int avxBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : bits == 4 ? 16 : 32; }
 constexpr int avxGroupBytes(int bits, int groupSize) { return (groupSize / 32) * avxBlockBytes(bits); }
 constexpr int avxSymOffset(int bits) { return 1 << (bits - 1); }
@@ -153,7 +160,7 @@ inline void storeLeading(float* o, __m256 v, int cnt) {
 // CODES) and their scales (and zeros: n = groups per row) into L1. Both tables' key kernels run it a fixed distance
 // ahead and on into the next page.
 template <Prefetch CODES, bool ZEROS, int ROW, int n>
-inline void prefetchKeyRowsOf(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
+INNERQ_INLINE void prefetchKeyRowsOf(const uint8_t* codes, const uint16_t* scales, const uint16_t* zeros, size_t row, int rows) {
   for (int o = 0; o < rows * ROW; o += 64) prefetchLine<CODES>((const char*)(codes + row * ROW + o));
   for (int o = 0; o < rows * n; o += 32) prefetchLine<Prefetch::L1>((const char*)(scales + row * n + o));
   if (ZEROS)
