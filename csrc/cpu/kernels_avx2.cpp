@@ -269,7 +269,7 @@ constexpr int blockOrder(int lane) {
 
 // The 8 block dot products of two quads A and B come out in one of two lane orders, lane i holding block
 // lanePerm(i) of A0..A3, B0..B3 (4 + for B) in 64-bit lane L of the quads:
-//  - hadd(quadDot(A), quadDot(B)): half i>>2, quad (i>>1)&1, L = (i&1) + 2*(i>>2);
+//  - hadd(quadDot(A), quadDot(B)) and pairDotHadd(A, B): half i>>2, quad (i>>1)&1, L = (i&1) + 2*(i>>2);
 //  - pairDot(A, B) (FOLD): L = i >> 1, A in the even lane, B in the odd one.
 template <int BITS, bool FOLD>
 constexpr int lanePerm(int i) {
@@ -315,13 +315,36 @@ constexpr bool kFoldKeys = BITS == 3;
 // Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3); at 2
 // and 4 bits, and for values, 5-14 % slower (one more instruction; docs/KERNELS.md, "Zen 3").
 INNERQ_INLINE __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
-  auto sums = [&](const __m256i* c) {
-    auto mul = [&](int k) { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
+  auto sums = [&](const __m256i* c) INNERQ_INLINE_LAMBDA {
+    auto mul = [&](int k) INNERQ_INLINE_LAMBDA { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
     return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
   };
   const __m256i sa = sums(ca), sc = sums(cc);
   const __m256i fa = _mm256_add_epi16(sa, _mm256_srli_epi64(sa, 32)), fc = _mm256_add_epi16(sc, _mm256_slli_epi64(sc, 32));
   return _mm256_madd_epi16(_mm256_blend_epi32(fa, fc, 0xAA), _mm256_set1_epi16(1));
+}
+
+// Keys: the same 8 dot products in the lane order of haddPairs(quadDot(A), quadDot(B)) (lanePerm<BITS, false>),
+// through one hadd of int16 sums: per 128-bit half, hadd_epi16 adds neighbouring int16 sums of A's two blocks, then
+// of B's, and one madd with ones finishes all four (one hadd and one madd where quadDot + haddPairs take two madds and
+// a hadd_epi32). Each hadd output is a sum of 16 products, at most 16 * 15 * 127 = 30480: int16. Used for 2-bit
+// keys: 5-19 % faster there in four A/B runs (kernel_cycles, Zen 3); for 2- and 3-bit values (u8 weights, at most
+// 28560) 3-8 % slower, and at 3 and 4 bits the fold above and quadDot + haddPairs stay ahead (docs/KERNELS.md).
+INNERQ_INLINE __m256i pairDotHadd(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
+  auto sums = [&](const __m256i* c) INNERQ_INLINE_LAMBDA {
+    auto mul = [&](int k) INNERQ_INLINE_LAMBDA { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
+    return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
+  };
+  return _mm256_madd_epi16(_mm256_hadd_epi16(sums(ca), sums(cc)), _mm256_set1_epi16(1));
+}
+
+// The 8 (token, block) dot products of a token pair's quads, in lanePerm<BITS, kFoldKeys<BITS>> order, by the
+// reduction that measured fastest at each width.
+template <int BITS>
+INNERQ_INLINE __m256i keyPairDots(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
+  if (kFoldKeys<BITS>) return pairDot(ca, cc, a);
+  if (BITS == 2) return pairDotHadd(ca, cc, a);
+  return haddPairs(quadDot(ca, a), quadDot(cc, a));
 }
 
 // Joins two float vectors in pairDot's lane order (per 128-bit half: A and B of one block, then of the next): per
@@ -394,7 +417,7 @@ inline void keyTokens8(const uint8_t* codes, const uint16_t* sc, const uint16_t*
       loadQuad<BITS>(codes + tc * ROW + qd * QB, cc);
       for (int h = 0; h < R; h++) {
         const __m256i* A = (const __m256i*)kq.act[h][qd];
-        __m256i Di = FOLD ? pairDot(ca, cc, A) : haddPairs(quadDot(ca, A), quadDot(cc, A));
+        __m256i Di = keyPairDots<BITS>(ca, cc, A);
         if (!ZEROS) Di = _mm256_add_epi32(Di, _mm256_load_si256((const __m256i*)kq.start[h][qd]));
         const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(Di), _mm256_load_ps(kq.sigma[h][qd]));
         acc[h] = qd == 0 ? _mm256_mul_ps(a, x) : _mm256_fmadd_ps(a, x, acc[h]);
