@@ -304,6 +304,12 @@ INNERQ_INLINE __m256i quadDotU8(const __m256i c[4], const __m256i* a) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
+// Keys: a quad's four maddubs products added as a tree, left as int16 sums (4 per block: 8 products each).
+INNERQ_INLINE __m256i quadSums16(const __m256i c[4], const __m256i* a) {
+  auto mul = [&](int k) INNERQ_INLINE_LAMBDA { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
+  return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
+}
+
 // Which key widths use pairDot (below) and its lane order.
 template <int BITS>
 constexpr bool kFoldKeys = BITS == 3;
@@ -315,11 +321,7 @@ constexpr bool kFoldKeys = BITS == 3;
 // Used for 3-bit keys only: there it measured 14-19 % faster than quadDot + hadd (kernel_cycles A/B, Zen 3); at 2
 // and 4 bits, and for values, 5-14 % slower (one more instruction; docs/KERNELS.md, "Zen 3").
 INNERQ_INLINE __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
-  auto sums = [&](const __m256i* c) INNERQ_INLINE_LAMBDA {
-    auto mul = [&](int k) INNERQ_INLINE_LAMBDA { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
-    return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
-  };
-  const __m256i sa = sums(ca), sc = sums(cc);
+  const __m256i sa = quadSums16(ca, a), sc = quadSums16(cc, a);
   const __m256i fa = _mm256_add_epi16(sa, _mm256_srli_epi64(sa, 32)), fc = _mm256_add_epi16(sc, _mm256_slli_epi64(sc, 32));
   return _mm256_madd_epi16(_mm256_blend_epi32(fa, fc, 0xAA), _mm256_set1_epi16(1));
 }
@@ -328,14 +330,10 @@ INNERQ_INLINE __m256i pairDot(const __m256i ca[4], const __m256i cc[4], const __
 // through one hadd of int16 sums: per 128-bit half, hadd_epi16 adds neighbouring int16 sums of A's two blocks, then
 // of B's, and one madd with ones finishes all four (one hadd and one madd where quadDot + haddPairs take two madds and
 // a hadd_epi32). Each hadd output is a sum of 16 products, at most 16 * 15 * 127 = 30480: int16. Used for 2-bit
-// keys: 5-19 % faster there in four A/B runs (kernel_cycles, Zen 3); for 2- and 3-bit values (u8 weights, at most
+// keys: 5-20 % faster there in seven A/B runs (kernel_cycles, Zen 3); for 2- and 3-bit values (u8 weights, at most
 // 28560) 3-8 % slower, and at 3 and 4 bits the fold above and quadDot + haddPairs stay ahead (docs/KERNELS.md).
 INNERQ_INLINE __m256i pairDotHadd(const __m256i ca[4], const __m256i cc[4], const __m256i* a) {
-  auto sums = [&](const __m256i* c) INNERQ_INLINE_LAMBDA {
-    auto mul = [&](int k) INNERQ_INLINE_LAMBDA { return _mm256_maddubs_epi16(c[k], _mm256_load_si256(a + k)); };
-    return _mm256_add_epi16(_mm256_add_epi16(mul(0), mul(1)), _mm256_add_epi16(mul(2), mul(3)));
-  };
-  return _mm256_madd_epi16(_mm256_hadd_epi16(sums(ca), sums(cc)), _mm256_set1_epi16(1));
+  return _mm256_madd_epi16(_mm256_hadd_epi16(quadSums16(ca, a), quadSums16(cc, a)), _mm256_set1_epi16(1));
 }
 
 // The 8 (token, block) dot products of a token pair's quads, in lanePerm<BITS, kFoldKeys<BITS>> order, by the

@@ -16,9 +16,6 @@ namespace innerq {
 namespace cpu {
 namespace {
 
-// The SIMD files must not call the shared inline helpers of format.cuh: in an unoptimised build their out-of-line
-// copies would be emitted there with AVX encodings and the linker could pick them for the portable code too.
-// Internal-linkage copies (same formulas as format.cuh) avoid that.
 // Forces inlining of the small helpers of the hot key and value loops (and of their per-token-pair lambdas). With
 // dozens of template instances GCC 12 leaves some out of line: the avx2 3-bit key loop called loadQuad<3> twice
 // and its pair lambda once per token pair, each call preceded by vzeroupper and the code vectors passed through
@@ -26,6 +23,9 @@ namespace {
 #define INNERQ_INLINE inline __attribute__((always_inline))
 #define INNERQ_INLINE_LAMBDA __attribute__((always_inline))
 
+// The SIMD files must not call the shared inline helpers of format.cuh: in an unoptimised build their out-of-line
+// copies would be emitted there with AVX encodings and the linker could pick them for the portable code too.
+// Internal-linkage copies (same formulas as format.cuh) avoid that.
 constexpr int avxBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : bits == 4 ? 16 : 32; }
 constexpr int avxGroupBytes(int bits, int groupSize) { return (groupSize / 32) * avxBlockBytes(bits); }
 constexpr int avxSymOffset(int bits) { return 1 << (bits - 1); }
