@@ -1,6 +1,7 @@
 // kernel_cycles.cpp - single-thread micro-benchmark of the InnerQ integer kernels alone (not a test): cycles per token
 // and kv head (4 query heads x d channels, G = 32) of one kernel table's scoresRowI8 (keys; symmetric unless told
-// otherwise) and wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does.
+// otherwise) and wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does,
+// and of its softmaxExpU8 (4 rows of one 8192-token chunk's scores, L2-resident; printed in the L2 column).
 // Build with test/native/cpu/build.sh, run:
 //   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9] [d=128: 128 or 256] [keys=sym: sym,
 //                           asym or hybrid]
@@ -216,6 +217,48 @@ int main(int argc, char** argv) {
         std::printf("\n");
       }
     }
+  // The softmax numerator with the u8 weights (softmaxExpU8) as attend() runs it per work item: kR rows of one chunk
+  // of kChunk scores (16k tokens on 2 threads: 2 chunks per kv head), a 32-token sink and a 96-token recent window
+  // in float, the rest quantized (L1/L2-resident, as in a step, where the key kernel has just written the scores).
+  // Repeated calls re-exponentiate the 128 window weights that the previous call left there: the same work.
+  {
+    constexpr int kChunk = 8192, kSink = 32, kRecent = 96, qn = kChunk - kSink - kRecent;
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> sc((size_t)kR * kChunk), sgm((size_t)kR * qn / 32), sgs((size_t)kR * qn / 32);
+    for (auto& x : sc) x = g(rng);
+    std::vector<uint8_t> codes((size_t)kR * qn);
+    float z = 0;
+    const auto timeSoftmax = [&](const Kernels& K) {
+      const int repeats = 8;
+      const uint64_t t0 = ticks();
+      for (int rep = 0; rep < repeats; rep++)
+        for (int h = 0; h < kR; h++) {
+          float mx;
+          z += K.softmaxExpU8(sc.data() + (size_t)h * kChunk, kChunk, kSink, qn, &mx, codes.data() + (size_t)h * qn,
+                              sgm.data() + (size_t)h * qn / 32, sgs.data() + (size_t)h * qn / 32);
+        }
+      return (double)(ticks() - t0) / ((double)kChunk * repeats);
+    };
+    std::vector<std::vector<double>> t(tables.size());
+    for (int round = 0; round < rounds * 4 + 1; round++)
+      for (size_t k = 0; k < tables.size(); k++) {
+        const size_t which = (k + round) % tables.size();
+        const double per = timeSoftmax(*tables[which]);
+        if (round > 0) t[which].push_back(per);
+      }
+    for (size_t k = 0; k < tables.size(); k++) {
+      std::sort(t[k].begin(), t[k].end());
+      const double med = t[k][t[k].size() / 2];
+      char label[64], cell[32];
+      std::snprintf(label, sizeof label, "softmax+u8 (%d)%s", kChunk, tables.size() > 1 ? (k ? " B" : " A") : "");
+      if (scale > 0)
+        std::snprintf(cell, sizeof cell, "%.1f [%.1f]", med * scale, med);
+      else
+        std::snprintf(cell, sizeof cell, "%.2f ns", med);
+      std::printf("%-26s %16s %16s\n", label, "", cell);
+    }
+    if (z != z) std::printf("(non-finite softmax)\n");
+  }
   if (out[0] != out[0] || scores[0] != scores[0]) std::printf("(non-finite output)\n");  // keeps the results live
   return 0;
 }

@@ -720,59 +720,76 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// exp for x <= 0 (softmax arguments s - max). e^x = 2^n * e^r with n = round(x*log2(e)), r = x - n*ln2 in
-// [-ln2/2, ln2/2]. n*ln2 is subtracted in two parts (Cody-Waite): LN2_HI = 0.693359375 = 355/512 has 9
-// significant bits, so n*LN2_HI is exact for |n| < 2^15; LN2_LO = ln2 - LN2_HI. e^r by its Taylor polynomial of
-// degree 7: remainder <= |r|^8/8! * e^|r| = 0.3466^8/40320 * 1.414 = 7.3e-9 relative, below float rounding; the
-// Horner evaluation adds a few ulp (relative error ~2e-7 overall). Below x = -87 (e^-87 = 1.6e-38, near FLT_MIN)
-// the result is flushed to 0, which is harmless next to the softmax denominator (>= 1).
+// Softmax numerator and u8 weights. Per kv head of a decode step they touch r x T floats; at 16k tokens on Zen 3 the
+// previous versions (a Taylor exp of degree 7, and softmaxExp then quantizeU8 as four passes over the row) took 12 %
+// of an InnerQ step (perf, `innerq` preset).
+//
+// exp(x) for x <= 0 (scores minus their maximum), relative error <= 2.1e-7, in 12 ops; the same construction as
+// kernels_avx512.cpp's exp512 (which derives it in full):
+//   t = x*log2(e) + 1.5*2^23 rounds x*log2(e) to the nearest integer n in the low mantissa bits of t, n = t - 1.5*2^23;
+//   r = x - n*ln2 in two Cody-Waite steps (0.693359375 has 10 significant bits: n*0.693359375 is exact), |r| <= ln2/2;
+//   e^r by a degree-5 polynomial fitted to the relative error on [-ln2/2, ln2/2] (7.5e-8 exact, 2.1e-7 in float);
+//   2^n by adding bits(t) << 23 (== n << 23 mod 2^32, as 0x4B400000 << 23 overflows to 0) to the exponent field,
+//   valid while the result stays normal: for x > -86, n >= -124. At or below -86 (e^-86 ~ 4e-38, nothing next to
+//   the row maximum's weight 1), and for -inf (masked tails), the result is 0.
 inline __m256 exp256(__m256 x) {
-  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_GT_OQ);
+  const __m256 magic = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.0f / 5040);  // Horner from 1/7! down to 1
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 720));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
-  // 2^n: n in [-126, 0] here, so (n + 127) << 23 is a normal float's exponent field.
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(tiny, y);
+  __m256 y = _mm256_set1_ps(0.008297654800117016f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.04191538318991661f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.16667574644088745f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.49998894333839417f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.9999997019767761f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0000001192092896f));
+  const __m256i e = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  return _mm256_and_ps(live, _mm256_castsi256_ps(e));
 }
 
-float softmaxExp(float* s, int n, float* maxOut) {
-  __m256 mv = _mm256_set1_ps(-INFINITY), mv2 = mv, mv3 = mv, mv4 = mv;  // 4 chains hide the max latency
-  int i = 0;
-  for (; i + 32 <= n; i += 32) {
+// The first k (0..8) lanes of s, the others -inf.
+inline __m256 loadLeading(const float* s, int k) {
+  alignas(32) static const int32_t kOnes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  const __m256i m = _mm256_loadu_si256((const __m256i*)(kOnes + 8 - k));
+  return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(s, m), _mm256_castsi256_ps(m));
+}
+
+inline float hmax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+
+inline double hsumPd(__m256 v) {  // the 8 float lanes summed in double
+  const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  __m128d x = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+}
+
+// Maximum of s[a, b) into mv; two chains hide the max latency.
+inline __m256 maxRange(const float* s, int a, int b, __m256 mv) {
+  __m256 mv2 = mv;
+  int i = a;
+  for (; i + 16 <= b; i += 16) {
     mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
     mv2 = _mm256_max_ps(mv2, _mm256_loadu_ps(s + i + 8));
-    mv3 = _mm256_max_ps(mv3, _mm256_loadu_ps(s + i + 16));
-    mv4 = _mm256_max_ps(mv4, _mm256_loadu_ps(s + i + 24));
   }
-  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
-  mv = _mm256_max_ps(_mm256_max_ps(mv, mv2), _mm256_max_ps(mv3, mv4));
-  alignas(32) float tmp[8];
-  _mm256_store_ps(tmp, mv);
-  float mx = tmp[0];
-  for (int k = 1; k < 8; k++) mx = tmp[k] > mx ? tmp[k] : mx;
-  for (int k = i; k < n; k++) mx = s[k] > mx ? s[k] : mx;
-  *maxOut = mx;
-  const __m256 m8 = _mm256_set1_ps(mx);
-  // Two-level sum: float lanes over blocks of 256 elements (32 terms per lane), then double across blocks, so
-  // the denominator stays accurate to ~1e-7 even at 10^5 tokens.
-  __m256d total = _mm256_setzero_pd();
-  i = 0;
-  while (i + 8 <= n) {
+  for (; i + 8 <= b; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+  if (i < b) mv = _mm256_max_ps(mv, loadLeading(s + i, b - i));
+  return _mm256_max_ps(mv, mv2);
+}
+
+// s[i] <- exp(s[i] - max) for i in [a, b); returns the sum: float lanes over blocks of 256 elements (32 terms per
+// lane), double across blocks, so that the denominator stays accurate to ~1e-7 even at 10^5 tokens.
+inline double expStoreRange(float* s, int a, int b, __m256 m8) {
+  double total = 0;
+  int i = a;
+  while (i + 8 <= b) {
     __m256 sum = _mm256_setzero_ps(), sum2 = sum;
-    int e8 = 0;
-    for (; e8 < 32 && i + 16 <= n; e8 += 2, i += 16) {
+    const int end = b - i >= 256 ? i + 256 : b;
+    for (; i + 16 <= end; i += 16) {
       const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
       const __m256 f = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), m8));
       _mm256_storeu_ps(s + i, e);
@@ -780,28 +797,29 @@ float softmaxExp(float* s, int n, float* maxOut) {
       sum = _mm256_add_ps(sum, e);
       sum2 = _mm256_add_ps(sum2, f);
     }
-    if (e8 < 32 && i + 8 <= n) {
+    if (i + 8 <= end) {
       const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), m8));
       _mm256_storeu_ps(s + i, e);
       sum = _mm256_add_ps(sum, e);
       i += 8;
     }
-    sum = _mm256_add_ps(sum, sum2);
-    total = _mm256_add_pd(total, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)),
-                                               _mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1))));
+    total += hsumPd(_mm256_add_ps(sum, sum2));
   }
-  float tail = 0;
-  if (i < n) {  // masked tail through the same exp
-    for (int k = 0; k < 8; k++) tmp[k] = i + k < n ? s[i + k] - mx : -INFINITY;
-    _mm256_store_ps(tmp, exp256(_mm256_load_ps(tmp)));
-    for (int k = 0; i + k < n; k++) {
-      s[i + k] = tmp[k];
-      tail += tmp[k];
+  if (i < b) {  // the tail through -inf lanes (exp256 gives 0 there)
+    alignas(32) float e[8];
+    _mm256_store_ps(e, exp256(_mm256_sub_ps(loadLeading(s + i, b - i), m8)));
+    for (int k = 0; i + k < b; k++) {
+      s[i + k] = e[k];
+      total += e[k];
     }
   }
-  alignas(32) double t4[4];
-  _mm256_store_pd(t4, total);
-  return (float)(t4[0] + t4[1] + t4[2] + t4[3] + tail);
+  return total;
+}
+
+float softmaxExp(float* s, int n, float* maxOut) {
+  const float mx = hmax(maxRange(s, 0, n, _mm256_set1_ps(-INFINITY)));
+  *maxOut = mx;
+  return (float)expStoreRange(s, 0, n, _mm256_set1_ps(mx));
 }
 
 void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum) {
@@ -870,9 +888,105 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
   }
 }
 
+// Lane j of the result = op-reduction of the 8 lanes of v[j]: a transposing tree (8 -> 4 -> 2 -> 1 partial lanes
+// per input, 7 combine steps and one permute) instead of 8 horizontal reductions of ~4 dependent shuffles each.
+template <class OP>
+inline __m256 reduceTranspose8(const __m256* v, OP op) {
+  __m256 z[4], w[2];
+  for (int i = 0; i < 4; i++)  // z[i] = [v[2i] folded to 4 lanes | v[2i+1] folded to 4 lanes]
+    z[i] = op(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20), _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+  for (int i = 0; i < 2; i++)  // w[i] = [v[4i], v[4i+2] folded to 2 lanes each | v[4i+1], v[4i+3]]
+    w[i] = op(_mm256_shuffle_ps(z[2 * i], z[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+              _mm256_shuffle_ps(z[2 * i], z[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  // t = [v0, v2, v4, v6 | v1, v3, v5, v7]: lane j of the result is lane j/2 + 4*(j%2) of t
+  const __m256 t = op(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// softmaxExp with the u8 quantizer fused in for s[qa, qa + qn) (contract in cpu_kernels.h), as the avx512 table
+// does: one pass for the row maximum that also leaves each quantized slice's score maximum (in sigma, 8 slices per
+// transposing reduction), and one pass that exponentiates and quantizes in registers. A slice's largest weight is
+// exp(slice max - max), computed once per slice: the value quantizeU8 finds by scanning the exponentiated slice
+// (exp256 of the same input); the codes are round(e * (255 / that)), clamped to 255: quantizeU8's formula.
+float softmaxExpU8(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, float* sigma, float* sigmaSum) {
+  const auto vmax = [](__m256 a, __m256 b) { return _mm256_max_ps(a, b); };
+  const float* x = s + qa;
+  const int slices = qn / 32;
+  auto sliceMax = [&](int k) {
+    const float* xs = x + 32 * k;
+    return _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(xs), _mm256_loadu_ps(xs + 8)),
+                         _mm256_max_ps(_mm256_loadu_ps(xs + 16), _mm256_loadu_ps(xs + 24)));
+  };
+  __m256 mv = maxRange(s, qa + qn, n, maxRange(s, 0, qa, _mm256_set1_ps(-INFINITY)));
+  int k = 0;
+  for (; k + 8 <= slices; k += 8) {
+    __m256 m[8];
+    for (int j = 0; j < 8; j++) m[j] = sliceMax(k + j);
+    const __m256 sm = reduceTranspose8(m, vmax);
+    _mm256_storeu_ps(sigma + k, sm);
+    mv = _mm256_max_ps(mv, sm);
+  }
+  for (; k < slices; k++) {
+    sigma[k] = hmax(sliceMax(k));
+    mv = _mm256_max_ps(mv, _mm256_set1_ps(sigma[k]));
+  }
+  const float mx = hmax(mv);
+  *maxOut = mx;
+  const __m256 m8 = _mm256_set1_ps(mx);
+  double total = expStoreRange(s, 0, qa, m8) + expStoreRange(s, qa + qn, n, m8);
+  const __m256i c255 = _mm256_set1_epi32(255);
+  // One slice: weights exp(x - mx) quantized with inv = 255 / (slice's largest weight) and stored as 32 codes;
+  // returns the code sums per lane, adds the weights to sum.
+  auto slice = [&](const float* xs, __m256 inv, uint8_t* qs, __m256& sum) INNERQ_INLINE_LAMBDA {
+    __m256 e[4];
+    __m256i c[4];
+    for (int i = 0; i < 4; i++) {
+      e[i] = exp256(_mm256_sub_ps(_mm256_loadu_ps(xs + 8 * i), m8));
+      c[i] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(e[i], inv)), c255);  // e >= 0: no lower clamp
+    }
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
+    // packs interleave the 128-bit lanes; the dword permutation (0,4,1,5,2,6,3,7) restores element order
+    const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    _mm256_storeu_si256((__m256i*)qs, _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+  };
+  k = 0;
+  for (; k + 8 <= slices; k += 8) {
+    const __m256 top = exp256(_mm256_sub_ps(_mm256_loadu_ps(sigma + k), m8));  // each slice's largest weight
+    // below 1e-36 a slice counts as zero, as in quantizeU8; the divisions are the scalar path's
+    const __m256 ok = _mm256_cmp_ps(top, _mm256_set1_ps(1e-36f), _CMP_GT_OQ);
+    const __m256 sg = _mm256_and_ps(ok, _mm256_div_ps(top, _mm256_set1_ps(255.0f)));
+    alignas(32) float inv[8];
+    _mm256_store_ps(inv, _mm256_and_ps(ok, _mm256_div_ps(_mm256_set1_ps(255.0f), top)));
+    __m256i sums[8];
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < 8; j++) sums[j] = slice(x + 32 * (k + j), _mm256_broadcast_ss(inv + j), q + 32 * (k + j), sum);
+    _mm256_storeu_ps(sigma + k, sg);
+    // code sums <= 32 * 255: exact as floats, so sigmaSum = sigma * (float)Σ codes exactly as quantizeU8's
+    _mm256_storeu_ps(sigmaSum + k, _mm256_mul_ps(sg, _mm256_cvtepi32_ps(hsum8(sums))));
+    total += hsumPd(sum);
+  }
+  for (; k < slices; k++) {
+    alignas(32) float top[8];
+    _mm256_store_ps(top, exp256(_mm256_set1_ps(sigma[k] - mx)));
+    const bool tiny = !(top[0] > 1e-36f);
+    const float sg = tiny ? 0.0f : top[0] / 255.0f, inv = tiny ? 0.0f : 255.0f / top[0];
+    __m256 sum = _mm256_setzero_ps();
+    const __m256i cs = slice(x + 32 * k, _mm256_set1_ps(inv), q + 32 * k, sum);
+    alignas(32) int32_t c8[8];
+    _mm256_store_si256((__m256i*)c8, cs);
+    int codes = 0;
+    for (int i = 0; i < 8; i++) codes += c8[i];
+    sigma[k] = sg;
+    sigmaSum[k] = sg * (float)codes;
+    total += hsumPd(sum);
+  }
+  return (float)total;
+}
+
 const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
                        quantizeU8, quantizeHeadRows,
-                       softmaxExpU8Composed<softmaxExp, quantizeU8>};
+                       softmaxExpU8};
 
 }  // namespace
 
