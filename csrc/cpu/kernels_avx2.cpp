@@ -733,18 +733,14 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
 //   valid while the result stays normal: for x > -86, n >= -124. At or below -86 (e^-86 ~ 4e-38, nothing next to
 //   the row maximum's weight 1), and for -inf (masked tails), the result is 0.
 inline __m256 exp256(__m256 x) {
-  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_GT_OQ);
-  const __m256 magic = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23
-  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFloor), _CMP_GT_OQ);
+  const __m256 magic = _mm256_set1_ps(kExpMagic);
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(kExpLog2e), magic);
   const __m256 n = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(0.008297654800117016f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.04191538318991661f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.16667574644088745f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.49998894333839417f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.9999997019767761f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0000001192092896f));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Lo), r);
+  __m256 y = _mm256_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpPoly[i]));
   const __m256i e = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23));
   return _mm256_and_ps(live, _mm256_castsi256_ps(e));
 }

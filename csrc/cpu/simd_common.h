@@ -30,6 +30,15 @@ constexpr int avxBlockBytes(int bits) { return bits == 2 ? 8 : bits == 3 ? 12 : 
 constexpr int avxGroupBytes(int bits, int groupSize) { return (groupSize / 32) * avxBlockBytes(bits); }
 constexpr int avxSymOffset(int bits) { return 1 << (bits - 1); }
 
+// The constants of the softmax exp (exp256 in kernels_avx2.cpp, exp512 in kernels_avx512.cpp, which derives them):
+// e^x = 2^n * e^r, n = round(x*log2(e)) by adding kExpMagic, r = x - n*ln2 in two Cody-Waite steps (kExpLn2Hi has 10
+// significant bits, so n*kExpLn2Hi is exact), e^r by the degree-5 polynomial kExpPoly (highest degree first), fitted
+// to the relative error on [-ln2/2, ln2/2]; below kExpFloor the result is 0.
+constexpr float kExpLog2e = 1.44269504088896341f, kExpMagic = 12582912.0f /* 1.5 * 2^23 */, kExpFloor = -86.0f;
+constexpr float kExpLn2Hi = 0.693359375f, kExpLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {0.008297654800117016f, 0.04191538318991661f, 0.16667574644088745f,
+                               0.49998894333839417f,  0.9999997019767761f,  1.0000001192092896f};
+
 // ---------------------------------------------------------------------------------------------------------
 // code unpacking: 32 codes of one block -> 32 bytes, element e in byte e.
 template <int BITS>
