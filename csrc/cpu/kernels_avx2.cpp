@@ -745,17 +745,24 @@ inline __m256 exp256(__m256 x) {
   return _mm256_and_ps(live, _mm256_castsi256_ps(e));
 }
 
+inline float hmax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+
+// 32 codes in [0, 255], as int32 in c[0..3] (elements 0-7, 8-15, ...), stored as bytes at q. The packs interleave
+// the 128-bit lanes; the dword permutation (0,4,1,5,2,6,3,7) restores element order.
+INNERQ_INLINE void storeCodesU8(const __m256i c[4], uint8_t* q) {
+  const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+  _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 // The first k (0..8) lanes of s, the others -inf.
 inline __m256 loadLeading(const float* s, int k) {
   alignas(32) static const int32_t kOnes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   const __m256i m = _mm256_loadu_si256((const __m256i*)(kOnes + 8 - k));
   return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(s, m), _mm256_castsi256_ps(m));
-}
-
-inline float hmax(__m256 v) {
-  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-  return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
 }
 
 inline double hsumPd(__m256 v) {  // the 8 float lanes summed in double
@@ -826,10 +833,7 @@ void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum)
     for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xs + 8 * i);
     __m256 mv = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absMask), _mm256_and_ps(v[1], absMask)),
                               _mm256_max_ps(_mm256_and_ps(v[2], absMask), _mm256_and_ps(v[3], absMask)));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float m = _mm_cvtss_f32(m4);
+    const float m = hmax(mv);
     // Same formulas as the portable path: sigma = max/127, codes = round_half_even(x * (127/max)).
     // A slice whose max is below 1e-36 counts as zero: 127/m would overflow to Inf, and 0*Inf = NaN made
     // (int)NaN codes (undefined behaviour; UBSan in scripts/asan.sh). Exp weights that small contribute nothing.
@@ -859,10 +863,7 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
     __m256 v[4];
     for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xs + 8 * i);
     const __m256 mv = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float m = _mm_cvtss_f32(m4);
+    const float m = hmax(mv);
     // Same formulas as the portable path: sigma = max/255, codes = round_half_even(x * (255/max)) in [0, 255];
     // below 1e-36 the slice counts as zero (see quantizeI8).
     const bool tiny = !(m > 1e-36f);
@@ -873,8 +874,7 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
       c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));
       c[i] = _mm256_max_epi32(_mm256_min_epi32(c[i], _mm256_set1_epi32(255)), _mm256_setzero_si256());
     }
-    const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
-    _mm256_storeu_si256((__m256i*)(q + k * 32), _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    storeCodesU8(c, q + k * 32);
     const __m256i sv = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
@@ -941,9 +941,7 @@ float softmaxExpU8(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, f
       c[i] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(e[i], inv)), c255);  // e >= 0: no lower clamp
     }
     sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
-    // packs interleave the 128-bit lanes; the dword permutation (0,4,1,5,2,6,3,7) restores element order
-    const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
-    _mm256_storeu_si256((__m256i*)qs, _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    storeCodesU8(c, qs);
     return _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
   };
   k = 0;

@@ -770,7 +770,8 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
 // ~10% of an InnerQ step with the AVX2 versions). The u8 quantizer rounds x * (255/max) to nearest-even exactly as
 // the AVX2 one, so both tables produce the same codes from the same weights.
 //
-// exp(x) for x <= 0 (scores minus their maximum), relative error <= 2.1e-7 (kernels_avx2.cpp's exp256 is the same construction), in 11 ops:
+// exp(x) for x <= 0 (scores minus their maximum), relative error <= 2.1e-7, in 11 ops (kernels_avx2.cpp's exp256 is
+// the same construction; the constants are in simd_common.h):
 //   t = x*log2(e) + 1.5*2^23: adding the magic constant rounds x*log2(e) to the nearest integer n, which lands in
 //       the low mantissa bits of t (bits(t) = 0x4B400000 + n for |n| < 2^22), and n = t - 1.5*2^23 exactly;
 //   r = x - n*ln2 in two steps (Cody-Waite: ln2 = 0.693359375 + (-2.12194440e-4), the first part exact in 10 bits,
@@ -782,7 +783,7 @@ void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, c
 //       exponent stays >= 2. Below -86 (e^-86 ~ 4e-38: nothing next to the row maximum's weight 1) the result is 0,
 //       as for -inf (masked tails).
 // (vscalefps would do 2^n in one instruction but takes two cycles per vector on Zen 4, and the 7th-degree Taylor
-// polynomial the AVX2 exp uses needs two more FMAs; this version made the softmax ~20 % cheaper.)
+// polynomial the AVX2 exp used until 2026-12-07 needs two more FMAs; this version made the softmax ~20 % cheaper.)
 inline __m512 exp512(__m512 x) {
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFloor), _CMP_GT_OQ);
   const __m512 magic = _mm512_set1_ps(kExpMagic);
