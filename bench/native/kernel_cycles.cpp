@@ -1,6 +1,7 @@
-// kernel_cycles.cpp - single-thread micro-benchmark of the InnerQ integer kernels alone (not a test): cycles per token
-// and kv head (4 query heads x d channels, G = 32) of one kernel table's scoresRowI8 (keys; symmetric unless told
-// otherwise) and wsumColI8 (values, hybrid), on one head's slices in 256-token pages called in runs of 16 pages, as attend() does,
+// kernel_cycles.cpp - single-thread micro-benchmark of the quantized kernels alone (not a test): cycles per token
+// and kv head (4 query heads x d channels, G = 32) of one kernel table's scoresRowI8 (InnerQ keys; symmetric unless
+// told otherwise) and wsumColI8 (InnerQ values, hybrid), on one head's slices in 256-token pages called in runs of 16
+// pages, as attend() does; of the KIVI-style scoresColI8 / wsumRowI8 (asym, as the kivi presets; page by page);
 // and of its softmaxExpU8 (4 rows of one 8192-token chunk's scores, L2-resident; printed in the L2 column).
 // Build with test/native/cpu/build.sh, run:
 //   build-cpu/kernel_cycles [kernels=2: 0 portable, 1 avx2, 2 best] [rounds=9] [d=128: 128 or 256] [keys=sym: sym,
@@ -165,10 +166,17 @@ int main(int argc, char** argv) {
   const U8Set p{pu.data(), (size_t)maxT, ps.data(), pss.data(), (size_t)maxT / 32};
   std::vector<float> scores((size_t)kR * maxT), out((size_t)kR * headDim);
 
+  // the KIVI-style kernels take float activations (they fold the group scales in and quantize per group)
+  std::vector<float> qf((size_t)kR * headDim), pf((size_t)kR * maxT);
+  for (auto& x : qf) x = (float)((int)(rng() % 2001) - 1000) / 1000.0f;
+  for (auto& x : pf) x = (float)(rng() % 1000) * 1e-6f;
+
   std::printf("%-26s %16s %16s %16s %16s\n", "kernel", "L1", "L2", "L3", "DRAM");
+  for (int kivi = 0; kivi < 2; kivi++)
   for (int values = 0; values < 2; values++)
     for (int bits : {2, 3, 4}) {
-      const MatrixFormat f = values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, keyMode};
+      const MatrixFormat f = kivi ? (values ? MatrixFormat{kRowGrouped, bits, kG, kAsym} : MatrixFormat{kColGrouped, bits, kG, kAsym})
+                                  : (values ? MatrixFormat{kColGrouped, bits, kG, kHybrid} : MatrixFormat{kRowGrouped, bits, kG, keyMode});
       std::vector<Slices> data(4);
       for (int i = 0; i < 4; i++) build(data[i], f, sets[i].tokens, sets[i].copies, rng);
       // ticks per token and kv head of one pass of table K over set i
@@ -182,7 +190,14 @@ int main(int argc, char** argv) {
             for (int p0 = 0; p0 < pages; p0 += kRunPages) {
               const int count = std::min(kRunPages, pages - p0);
               const QuantRun r{run.data() + p0, count, kPage};
-              if (values) {
+              if (kivi) {  // page by page, as attend() calls them
+                for (int pg = p0; pg < p0 + count; pg++) {
+                  if (values)
+                    K.wsumRowI8(run[pg], f, headDim, 0, kPage, pf.data() + (size_t)pg * kPage, (size_t)maxT, kR, out.data());
+                  else
+                    K.scoresColI8(run[pg], f, headDim, 0, kPage / kG, qf.data(), kR, scores.data() + (size_t)pg * kPage, (size_t)maxT);
+                }
+              } else if (values) {
                 const U8Set pr{p.q + (size_t)p0 * kPage, p.ldq, p.sigma + (size_t)p0 * kPage / 32, p.sigmaSum + (size_t)p0 * kPage / 32, p.lds};
                 K.wsumColI8(r, f, headDim, 0, count * kPage / kG, pr, kR, out.data());
               } else {
@@ -201,8 +216,8 @@ int main(int argc, char** argv) {
           }
       for (size_t k = 0; k < tables.size(); k++) {
         char label[64];
-        std::snprintf(label, sizeof label, "%s %d-bit %s%s", values ? "values" : "keys", bits, values ? "hybrid" : keyModeName.c_str(),
-                      tables.size() > 1 ? (k ? " B" : " A") : "");
+        std::snprintf(label, sizeof label, "%s%s %d-bit %s%s", kivi ? "kivi " : "", values ? "values" : "keys", bits,
+                      kivi ? "asym" : values ? "hybrid" : keyModeName.c_str(), tables.size() > 1 ? (k ? " B" : " A") : "");
         std::printf("%-26s", label);
         for (auto& x : t[k]) {
           std::sort(x.begin(), x.end());

@@ -422,7 +422,7 @@ void CpuBackend::keyScoresRange(const LayerView& v, int kh, int a0, int a1, floa
             k_->scoresFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, qf, rb, sOut + a, lds,
                            (const uint16_t*)m.nextCodes);
           } else {
-            k_->scoresColF(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf, rb, sOut + a, lds);
+            k_->scoresColI8(m, f, d, s0 / f.groupSize, s1 / f.groupSize, qf, rb, sOut + a, lds);
           }
         });
     runs.flush();
@@ -457,7 +457,7 @@ void CpuBackend::valueSumRange(const LayerView& v, int kh, int a0, int a1, const
             k_->wsumFp16((const uint16_t*)m.codes + (size_t)s0 * d, d, s1 - s0, d, pIn + a, ldp, rb, ob,
                          (const uint16_t*)m.nextCodes);
           } else {
-            k_->wsumRowF(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
+            k_->wsumRowI8(m, f, d, s0, s1, pIn + a, ldp, rb, ob);
           }
         });
     runs.flush();

@@ -1,6 +1,7 @@
 // cpu_kernels.h - internal: the GEMV kernel table of the CPU backend. Two implementations exist:
-// kernels_portable.cpp (plain C++, any CPU) and kernels_avx2.cpp (AVX2/FMA/F16C, compiled with those flags and
-// selected at run time). Both implement exactly the same arithmetic contract, so the tests run both.
+// kernels_portable.cpp (plain C++, any CPU), kernels_avx2.cpp (AVX2/FMA/F16C, compiled with those flags and selected
+// at run time) and kernels_avx512.cpp (the AVX2 table with AVX-512 VNNI InnerQ kernels). All implement exactly the
+// same arithmetic contract, so the tests run every table the machine has.
 //
 // Conventions shared by every kernel:
 //  - a kernel sees ONE kv head and at most kMaxHeadBlock query heads (r) of it; the caller loops over blocks.
@@ -108,15 +109,27 @@ struct Kernels {
   // InnerQ keys (kRowGrouped), integer path: run slots [t0, t1); s[h*lds + (t - t0)].
   void (*scoresRowI8)(const QuantRun& m, const MatrixFormat& f, int d, int t0, int t1, const I8Set& q, int r,
                       float* s, size_t lds);
-  // KIVI-style keys (kColGrouped), float path: page token groups [g0, g1); s[h*lds + (t - g0*G)].
-  void (*scoresColF)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
-                     float* s, size_t lds);
+  // KIVI-style keys (kColGrouped), integer path: page token groups [g0, g1); s[h*lds + (t - g0*G)]. q is float (the
+  // scale varies per channel and token group, so it is folded per group): for token group g and head h,
+  // q~_j = q_j * a_gj (float), quantized with this table's quantizeI8 (int8 per 32-channel slice k, sigma_k), and
+  //   s_t = Σ_j q_j * bz_gj  +  Σ_k sigma_k * Σ_{j in k} qi_j * u_tj      (u: the unsigned code, integer sums exact)
+  // so |s_t - Σ_j q_j * k^_tj| <= Σ_k (sigma_k / 2) Σ_{j in k} u_tj plus float rounding. 8-bit codes: float
+  // (s_t = Σ_j (q_j * a_gj) * u_tj + Σ_j q_j * bz_gj in fp32; relative error ~1e-6), since maddubs would saturate.
+  void (*scoresColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
+                      float* s, size_t lds);
   // InnerQ values (kColGrouped), integer path with u8 weights: run token groups [g0, g1). p's slice index k covers
   // run slots 32k .. 32k+31 (p rows are run-relative). Accumulates into out.
   void (*wsumColI8)(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, const U8Set& p, int r, float* out);
-  // KIVI-style values (kRowGrouped), float path: page slots [t0, t1); p[h*ldp + (t - t0)]. Accumulates into out.
-  void (*wsumRowF)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-                   float* out);
+  // KIVI-style values (kRowGrouped), integer path: page slots [t0, t1); p[h*ldp + (t - t0)] (float, >= 0).
+  // Accumulates into out. For head h, channel group g and each 32-slot-aligned slice of [t0, t1) (slot multiples of
+  // 32; a partial slice at either end is quantized alone), the weights w_t = p_t * a_tg go through this table's
+  // quantizeU8 (sigma = max w / 255; padded with zeros to 32), and with centered codes (off = 2^(bits-1))
+  //   out_j += sigma * Σ_t wi_t * (u_tj - off)  +  Σ_t p_t * (bz_tg + a_tg * off)   (the float term is 0 for sym)
+  // so the error is at most Σ_slices (sigma / 2) Σ_t |u_tj - off| plus float rounding. Centering halves the
+  // int16 partial sums (|u - off| <= off), which lets 3- and 4-bit codes accumulate twice as many tokens in int16.
+  // 8-bit codes: float (out_j += Σ_t p_t * (a_tg * u_tj + bz_tg) in fp32), since maddubs would saturate.
+  void (*wsumRowI8)(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+                    float* out);
   // Unnormalized, numerically stable softmax of one row (n >= 1): s[i] <- exp(s[i] - max s), returns Σ s[i] and
   // stores max s at *maxOut. The caller divides the value sums by the sum at the end (d multiplies instead of a third
   // pass over T); the max lets it merge rows that were exponentiated in separate chunks (cpu_backend.cpp's attend).

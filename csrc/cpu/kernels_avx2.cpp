@@ -583,143 +583,6 @@ void wsumColI8(const QuantRun& m, const MatrixFormat& f, int d, int g0, int g1, 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// KIVI-style keys (kColGrouped), float path. Per token group: fold q~[h][j] = q[h][j]*a[j], c[h] = Σ_j q[h][j]*bz[j]
-// (vectorised over channels). Then per 32-token block and 16-token half: for every channel, convert 16 codes
-// to float and FMA them with broadcast q~[h][j] into 2 x HB register accumulators (16 tokens x HB heads).
-inline void codesToFloat16(__m256i c, int half, __m256& f0, __m256& f1) {
-  const __m128i x = half ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
-  f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
-  f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)));
-}
-
-template <int BITS, int HB>
-void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const float* qt, const float* c, float* s,
-                 size_t lds) {
-  for (int half = 0; half < 2; half++) {
-    __m256 acc[HB][2];
-    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_set1_ps(c[h]);
-    for (int j = 0; j < d; j++) {
-      __m256 f0, f1;
-      codesToFloat16(unpack32<BITS>(codes + (size_t)j * gb + (size_t)sl * bb), half, f0, f1);
-      for (int h = 0; h < HB; h++) {
-        const __m256 w = _mm256_broadcast_ss(qt + h * kMaxHeadDim + j);
-        acc[h][0] = _mm256_fmadd_ps(w, f0, acc[h][0]);
-        acc[h][1] = _mm256_fmadd_ps(w, f1, acc[h][1]);
-      }
-    }
-    for (int h = 0; h < HB; h++) {
-      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16, acc[h][0]);
-      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16 + 8, acc[h][1]);
-    }
-  }
-}
-
-template <int BITS>
-void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
-                 size_t lds) {
-  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
-  const float off = (float)avxSymOffset(BITS);
-  alignas(32) float qt[kMaxHeadBlock * kMaxHeadDim];
-  float c[kMaxHeadBlock];
-  for (int tg = g0; tg < g1; tg++) {
-    const size_t gi0 = (size_t)tg * d;
-    foldKeyGroup(m, d, gi0, q, r, off, qt, c);
-    const uint8_t* codes = m.codes + gi0 * gb;
-    float* sg = s + (size_t)(tg - g0) * G;
-    for (int sl = 0; sl < spg; sl++) {
-      int h = 0;
-      for (; h + 4 <= r; h += 4) colKeysPass<BITS, 4>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-      for (; h + 2 <= r; h += 2) colKeysPass<BITS, 2>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-      for (; h < r; h++) colKeysPass<BITS, 1>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-    }
-  }
-}
-
-void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
-                size_t lds) {
-  switch (f.bits) {
-    case 2: return scoresColFT<2>(m, f, d, g0, g1, q, r, s, lds);
-    case 3: return scoresColFT<3>(m, f, d, g0, g1, q, r, s, lds);
-    case 4: return scoresColFT<4>(m, f, d, g0, g1, q, r, s, lds);
-    default: return scoresColFT<8>(m, f, d, g0, g1, q, r, s, lds);
-  }
-}
-
-// KIVI-style values (kRowGrouped), float path. The scale of a token's channel group varies per token, so folding
-// it into p (p~ = p*a) would cost a scalar multiply per (token, group, head); instead each 32-code block is
-// dequantized ONCE (x^ = a*u + bz: convert + one FMA per 8 codes) into an L1 tile shared by all r query heads, and
-// the heads stream the tile with one FMA per code each, 16 channels x up to 4 heads of accumulators in registers.
-template <int HB>
-void rowValuesTile(const float* xt, int cnt, const float* p, size_t ldp, float* out /* [HB][32] */) {
-  for (int half = 0; half < 2; half++) {
-    __m256 acc[HB][2];
-    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-    for (int t = 0; t < cnt; t++) {
-      const __m256 x0 = _mm256_load_ps(xt + t * 32 + half * 16), x1 = _mm256_load_ps(xt + t * 32 + half * 16 + 8);
-      for (int h = 0; h < HB; h++) {
-        const __m256 w = _mm256_broadcast_ss(p + h * ldp + t);
-        acc[h][0] = _mm256_fmadd_ps(w, x0, acc[h][0]);
-        acc[h][1] = _mm256_fmadd_ps(w, x1, acc[h][1]);
-      }
-    }
-    for (int h = 0; h < HB; h++) {  // tile partials; the caller adds them to out (two-level summation)
-      _mm256_storeu_ps(out + h * 2 * 16 + half * 16, acc[h][0]);
-      _mm256_storeu_ps(out + h * 2 * 16 + half * 16 + 8, acc[h][1]);
-    }
-  }
-}
-
-template <int BITS>
-void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-               float* out) {
-  constexpr int kTile = 64;
-  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
-  const float off = (float)avxSymOffset(BITS);
-  alignas(32) float xt[kTile * 32];               // dequantized tile: [token][32 channels]
-  alignas(32) float part[kMaxHeadBlock * 32];     // per-head partial sums of the tile for the 32 channels
-  for (int tt = t0; tt < t1; tt += kTile) {
-    const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
-    for (int g = 0; g < n; g++) {
-      for (int sl = 0; sl < spg; sl++) {
-        for (int t = 0; t < cnt; t++) {
-          const size_t gi = (size_t)(tt + t) * n + g;
-          const uint16_t sb = m.scales[gi];
-          const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
-          const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
-          const __m256 av = _mm256_set1_ps(a), bv = _mm256_set1_ps(bz);
-          const __m256i c = unpack32<BITS>(m.codes + gi * gb + (size_t)sl * bb);
-          const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
-          _mm256_store_ps(xt + t * 32, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), bv));
-          _mm256_store_ps(xt + t * 32 + 8, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), bv));
-          _mm256_store_ps(xt + t * 32 + 16, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), bv));
-          _mm256_store_ps(xt + t * 32 + 24, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), bv));
-        }
-        const float* pt = p + (tt - t0);
-        int h = 0;
-        for (; h + 4 <= r; h += 4) rowValuesTile<4>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        for (; h + 2 <= r; h += 2) rowValuesTile<2>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        for (; h < r; h++) rowValuesTile<1>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        const int ch0 = g * G + sl * 32;
-        for (h = 0; h < r; h++)
-          for (int j = 0; j < 32; j += 8)
-            _mm256_storeu_ps(out + h * d + ch0 + j,
-                             _mm256_add_ps(_mm256_loadu_ps(out + h * d + ch0 + j), _mm256_load_ps(part + h * 32 + j)));
-      }
-    }
-  }
-}
-
-void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-              float* out) {
-  switch (f.bits) {
-    case 2: return wsumRowFT<2>(m, f, d, t0, t1, p, ldp, r, out);
-    case 3: return wsumRowFT<3>(m, f, d, t0, t1, p, ldp, r, out);
-    case 4: return wsumRowFT<4>(m, f, d, t0, t1, p, ldp, r, out);
-    default: return wsumRowFT<8>(m, f, d, t0, t1, p, ldp, r, out);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Softmax numerator and u8 weights. Per kv head of a decode step they touch r x T floats; at 16k tokens on Zen 3 the
 // previous versions (a Taylor exp of degree 7, and softmaxExp then quantizeU8 as four passes over the row) took 12 %
 // of an InnerQ step (perf, `innerq` preset).
@@ -756,6 +619,22 @@ inline float hmax(__m256 v) {
 INNERQ_INLINE void storeCodesU8(const __m256i c[4], uint8_t* q) {
   const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
   _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+// One 32-slice of quantizeU8, from registers: stores the codes at q, leaves them as int32 in c, returns sigma.
+// Same formulas as the portable path: sigma = max/255, codes = round_half_even(x * (255/max)) in [0, 255]; below
+// 1e-36 the slice counts as zero (see quantizeI8).
+INNERQ_INLINE float quantizeSliceU8(const __m256 v[4], uint8_t* q, __m256i c[4]) {
+  const float m = hmax(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])));
+  const bool tiny = !(m > 1e-36f);
+  const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int i = 0; i < 4; i++) {
+    c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));
+    c[i] = _mm256_max_epi32(_mm256_min_epi32(c[i], _mm256_set1_epi32(255)), _mm256_setzero_si256());
+  }
+  storeCodesU8(c, q);
+  return sg;
 }
 
 // The first k (0..8) lanes of s, the others -inf.
@@ -862,19 +741,8 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
     const float* xs = x + k * 32;
     __m256 v[4];
     for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xs + 8 * i);
-    const __m256 mv = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
-    const float m = hmax(mv);
-    // Same formulas as the portable path: sigma = max/255, codes = round_half_even(x * (255/max)) in [0, 255];
-    // below 1e-36 the slice counts as zero (see quantizeI8).
-    const bool tiny = !(m > 1e-36f);
-    const float sg = tiny ? 0.0f : m / 255.0f, inv = tiny ? 0.0f : 255.0f / m;
-    const __m256 iv = _mm256_set1_ps(inv);
     __m256i c[4];
-    for (int i = 0; i < 4; i++) {
-      c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));
-      c[i] = _mm256_max_epi32(_mm256_min_epi32(c[i], _mm256_set1_epi32(255)), _mm256_setzero_si256());
-    }
-    storeCodesU8(c, q + k * 32);
+    const float sg = quantizeSliceU8(v, q + k * 32, c);
     const __m256i sv = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sv), _mm256_extracti128_si256(sv, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
@@ -978,7 +846,327 @@ float softmaxExpU8(float* s, int n, int qa, int qn, float* maxOut, uint8_t* q, f
   return (float)total;
 }
 
-const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColF, wsumColI8, wsumRowF, softmaxExp, quantizeI8,
+// ---------------------------------------------------------------------------------------------------------
+// KIVI-style baselines, integer paths (contracts in cpu_kernels.h). Outer grouping puts a different scale on every
+// (channel, token group) of the keys and every (token, channel group) of the values, so no scale factors out of a
+// token's dot product; what the layout does allow is folding the scale into the activation once per group and
+// re-quantizing that activation to 8 bits, after which the codes meet the same maddubs integer dot products as
+// InnerQ's. Two prices remain that inner grouping does not pay: the fold + re-quantization per group (keys: d x r
+// products and r quantizations per token group, i.e. per G tokens; values: r weights per token and channel group),
+// and an interleave, because maddubs sums ADJACENT byte pairs and the layout's adjacent codes are the wrong pair
+// (keys: consecutive tokens of one channel, but the dot product runs over channels; values: consecutive channels
+// of one token, but the sum runs over tokens): two vpunpck per pair of code vectors, shared by all heads.
+//
+// 8-bit codes stay on the float paths below (scale folded into the query for keys, one dequantized L1 tile shared by
+// the heads for values): maddubs would saturate (2*255*127 > 32767 for keys, 2*255*128 for centered values), and
+// the widened int16 + madd variant measured 1.1-1.3x SLOWER than float here (the codes are bytes either way, so the
+// integer path saves no unpacking, and it adds the fold and re-quantization).
+
+// KIVI-style keys (kColGrouped), 8-bit float path. Per token group: fold q~[h][j] = q[h][j]*a[j], c[h] = Σ_j q[h][j]*bz[j]
+// (vectorised over channels). Then per 32-token block and 16-token half: for every channel, convert 16 codes
+// to float and FMA them with broadcast q~[h][j] into 2 x HB register accumulators (16 tokens x HB heads).
+inline void codesToFloat16(__m256i c, int half, __m256& f0, __m256& f1) {
+  const __m128i x = half ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
+  f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+  f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)));
+}
+
+template <int BITS, int HB>
+void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const float* qt, const float* c, float* s,
+                 size_t lds) {
+  for (int half = 0; half < 2; half++) {
+    __m256 acc[HB][2];
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_set1_ps(c[h]);
+    for (int j = 0; j < d; j++) {
+      __m256 f0, f1;
+      codesToFloat16(unpack32<BITS>(codes + (size_t)j * gb + (size_t)sl * bb), half, f0, f1);
+      for (int h = 0; h < HB; h++) {
+        const __m256 w = _mm256_broadcast_ss(qt + h * kMaxHeadDim + j);
+        acc[h][0] = _mm256_fmadd_ps(w, f0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, f1, acc[h][1]);
+      }
+    }
+    for (int h = 0; h < HB; h++) {
+      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16, acc[h][0]);
+      _mm256_storeu_ps(s + h * lds + sl * 32 + half * 16 + 8, acc[h][1]);
+    }
+  }
+}
+
+template <int BITS>
+void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                 size_t lds) {
+  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(32) float qt[kMaxHeadBlock * kMaxHeadDim];
+  float c[kMaxHeadBlock];
+  for (int tg = g0; tg < g1; tg++) {
+    const size_t gi0 = (size_t)tg * d;
+    foldKeyGroup(m, d, gi0, q, r, off, qt, c);
+    const uint8_t* codes = m.codes + gi0 * gb;
+    float* sg = s + (size_t)(tg - g0) * G;
+    for (int sl = 0; sl < spg; sl++) {
+      int h = 0;
+      for (; h + 4 <= r; h += 4) colKeysPass<BITS, 4>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h + 2 <= r; h += 2) colKeysPass<BITS, 2>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+      for (; h < r; h++) colKeysPass<BITS, 1>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
+    }
+  }
+}
+
+// KIVI-style values (kRowGrouped), 8-bit float path. The scale of a token's channel group varies per token, so folding
+// it into p (p~ = p*a) would cost a scalar multiply per (token, group, head); instead each 32-code block is
+// dequantized ONCE (x^ = a*u + bz: convert + one FMA per 8 codes) into an L1 tile shared by all r query heads, and
+// the heads stream the tile with one FMA per code each, 16 channels x up to 4 heads of accumulators in registers.
+template <int HB>
+void rowValuesTile(const float* xt, int cnt, const float* p, size_t ldp, float* out /* [HB][32] */) {
+  for (int half = 0; half < 2; half++) {
+    __m256 acc[HB][2];
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+    for (int t = 0; t < cnt; t++) {
+      const __m256 x0 = _mm256_load_ps(xt + t * 32 + half * 16), x1 = _mm256_load_ps(xt + t * 32 + half * 16 + 8);
+      for (int h = 0; h < HB; h++) {
+        const __m256 w = _mm256_broadcast_ss(p + h * ldp + t);
+        acc[h][0] = _mm256_fmadd_ps(w, x0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, x1, acc[h][1]);
+      }
+    }
+    for (int h = 0; h < HB; h++) {  // tile partials; the caller adds them to out (two-level summation)
+      _mm256_storeu_ps(out + h * 2 * 16 + half * 16, acc[h][0]);
+      _mm256_storeu_ps(out + h * 2 * 16 + half * 16 + 8, acc[h][1]);
+    }
+  }
+}
+
+template <int BITS>
+void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+               float* out) {
+  constexpr int kTile = 64;
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(32) float xt[kTile * 32];               // dequantized tile: [token][32 channels]
+  alignas(32) float part[kMaxHeadBlock * 32];     // per-head partial sums of the tile for the 32 channels
+  for (int tt = t0; tt < t1; tt += kTile) {
+    const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
+    for (int g = 0; g < n; g++) {
+      for (int sl = 0; sl < spg; sl++) {
+        for (int t = 0; t < cnt; t++) {
+          const size_t gi = (size_t)(tt + t) * n + g;
+          const uint16_t sb = m.scales[gi];
+          const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
+          const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
+          const __m256 av = _mm256_set1_ps(a), bv = _mm256_set1_ps(bz);
+          const __m256i c = unpack32<BITS>(m.codes + gi * gb + (size_t)sl * bb);
+          const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
+          _mm256_store_ps(xt + t * 32, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), bv));
+          _mm256_store_ps(xt + t * 32 + 8, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), bv));
+          _mm256_store_ps(xt + t * 32 + 16, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), bv));
+          _mm256_store_ps(xt + t * 32 + 24, _mm256_fmadd_ps(av, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), bv));
+        }
+        const float* pt = p + (tt - t0);
+        int h = 0;
+        for (; h + 4 <= r; h += 4) rowValuesTile<4>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h + 2 <= r; h += 2) rowValuesTile<2>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        for (; h < r; h++) rowValuesTile<1>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
+        const int ch0 = g * G + sl * 32;
+        for (h = 0; h < r; h++)
+          for (int j = 0; j < 32; j += 8)
+            _mm256_storeu_ps(out + h * d + ch0 + j,
+                             _mm256_add_ps(_mm256_loadu_ps(out + h * d + ch0 + j), _mm256_load_ps(part + h * 32 + j)));
+      }
+    }
+  }
+}
+
+// int16 accumulators a16[2] of maddubs over byte-pair-interleaved code vectors hold (lo) elements 0-7 | 16-23 and
+// (hi) 8-15 | 24-31 of a 32-element block; widen them in element order and add sigma * them to row[0..31].
+INNERQ_INLINE void flushPairSums(const __m256i a16[2], __m256 sigma, float* row, __m256 add) {
+  const __m256i x[4] = {_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a16[0])),
+                        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a16[1])),
+                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a16[0], 1)),
+                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a16[1], 1))};
+  for (int i = 0; i < 4; i++)
+    _mm256_storeu_ps(row + 8 * i, _mm256_fmadd_ps(sigma, _mm256_cvtepi32_ps(x[i]), _mm256_add_ps(_mm256_loadu_ps(row + 8 * i), add)));
+}
+
+// Prefetch `bytes` from p into L1. A KIVI-style kernel asks for its next token group's (keys) or slice's (values)
+// codes, scales and zeros while it works on the current one (~2000 cycles of work per 1-1.5 KiB), or, at the end of
+// its range, for the first ones of the page the caller visits next (QuantRef::next*), so the DRAM streams stay ahead.
+inline void prefetchBytes(const void* p, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) prefetchLine<Prefetch::L1>((const char*)p + o);
+}
+
+// Keys: one 32-token block of a token group, HB heads. For each 32-channel slice k, channel pairs (j, j+1): the two
+// channels' 32 codes interleaved into (token t of j, token t of j+1) byte pairs, one maddubs per head with the
+// broadcast int8 pair (qi_j, qi_j+1) gives per token qi_j*u_tj + qi_j+1*u_tj+1 in int16. A pair is at most
+// 2*(2^b - 1)*127 (762 / 1778 / 3810 at 2 / 3 / 4 bits), so int16 holds the slice's 16 pairs at 2 and 3 bits
+// (12192, 28448) and 8 pairs at 4 (30480): flush every PAIRS pairs. The rows s[h] hold c[h] on entry.
+// (Broadcasting the pairs once per token group into an [head][pair] vector table instead, so that maddubs takes a
+// memory operand, measured slower: 256 stores per token group at G = 32 cost more than the vpbroadcastw they save.)
+template <int BITS, int HB>
+void colKeysPassI8(const uint8_t* codes, int d, int gb, const int8_t* qi, const float* sg, float* s, size_t lds) {
+  constexpr int PAIRS = BITS == 4 ? 8 : 16;
+  for (int k = 0; k < d / 32; k++) {
+    for (int j0 = k * 32; j0 < k * 32 + 32; j0 += 2 * PAIRS) {
+      __m256i acc[HB][2];
+      for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_si256();
+      for (int j = j0; j < j0 + 2 * PAIRS; j += 2) {
+        const __m256i c0 = unpack32<BITS>(codes + (size_t)j * gb), c1 = unpack32<BITS>(codes + (size_t)(j + 1) * gb);
+        const __m256i lo = _mm256_unpacklo_epi8(c0, c1), hi = _mm256_unpackhi_epi8(c0, c1);
+        for (int h = 0; h < HB; h++) {
+          const __m256i w = _mm256_broadcastw_epi16(_mm_loadu_si16(qi + h * kMaxHeadDim + j));
+          acc[h][0] = _mm256_add_epi16(acc[h][0], _mm256_maddubs_epi16(lo, w));
+          acc[h][1] = _mm256_add_epi16(acc[h][1], _mm256_maddubs_epi16(hi, w));
+        }
+      }
+      for (int h = 0; h < HB; h++) flushPairSums(acc[h], _mm256_broadcast_ss(sg + h * 8 + k), s + h * lds, _mm256_setzero_ps());
+    }
+  }
+}
+
+template <int BITS>
+void scoresColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                  size_t lds) {
+  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(32) float qt[kMaxHeadBlock * kMaxHeadDim];
+  alignas(32) int8_t qi[kMaxHeadBlock * kMaxHeadDim];
+  float c[kMaxHeadBlock], sg[kMaxHeadBlock * 8], sS[kMaxHeadBlock * 8];
+  for (int tg = g0; tg < g1; tg++) {
+    const size_t gi0 = (size_t)tg * d;
+    const bool last = tg + 1 == g1;  // then the next page's first token group, if the walk goes on there
+    if (!last || m.nextCodes) {
+      prefetchBytes(last ? m.nextCodes : m.codes + (gi0 + d) * gb, (size_t)d * gb);
+      prefetchBytes(last ? m.nextScales : m.scales + gi0 + d, (size_t)d * 2);
+      if (m.zeros) prefetchBytes(last ? m.nextZeros : m.zeros + gi0 + d, (size_t)d * 2);
+    }
+    foldKeyGroup(m, d, gi0, q, r, off, qt, c);  // qt = q*a, c = Σ q*bz
+    for (int h = 0; h < r; h++) quantizeI8(qt + h * kMaxHeadDim, d, qi + h * kMaxHeadDim, sg + h * 8, sS + h * 8);
+    const uint8_t* codes = m.codes + gi0 * gb;
+    float* sgRows = s + (size_t)(tg - g0) * G;
+    for (int sl = 0; sl < spg; sl++) {
+      for (int h = 0; h < r; h++)
+        for (int i = 0; i < 32; i += 8) _mm256_storeu_ps(sgRows + h * lds + sl * 32 + i, _mm256_set1_ps(c[h]));
+      const uint8_t* cs = codes + (size_t)sl * bb;
+      int h = 0;
+      for (; h + 4 <= r; h += 4)
+        colKeysPassI8<BITS, 4>(cs, d, gb, qi + h * kMaxHeadDim, sg + h * 8, sgRows + h * lds + sl * 32, lds);
+      for (; h + 2 <= r; h += 2) colKeysPassI8<BITS, 2>(cs, d, gb, qi + h * kMaxHeadDim, sg + h * 8, sgRows + h * lds + sl * 32, lds);
+      for (; h < r; h++) colKeysPassI8<BITS, 1>(cs, d, gb, qi + h * kMaxHeadDim, sg + h * 8, sgRows + h * lds + sl * 32, lds);
+    }
+  }
+}
+
+void scoresColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                 size_t lds) {
+  switch (f.bits) {
+    case 2: return scoresColI8T<2>(m, f, d, g0, g1, q, r, s, lds);
+    case 3: return scoresColI8T<3>(m, f, d, g0, g1, q, r, s, lds);
+    case 4: return scoresColI8T<4>(m, f, d, g0, g1, q, r, s, lds);
+    default: return scoresColFT<8>(m, f, d, g0, g1, q, r, s, lds);  // float: see the 8-bit note above
+  }
+}
+
+// Values: one 32-channel block of channel group g over one slice of cnt <= 32 tokens, HB heads. Token pairs
+// (e, e+1): the two tokens' 32 codes, centered (u - off, signed bytes), interleaved into (token e, token e+1) byte
+// pairs per channel; one maddubs per head with the broadcast u8 weight pair (wi_e, wi_e+1) (the unsigned operand)
+// gives per channel wi_e*(u_e - off) + wi_e+1*(u_e+1 - off) in int16. |u - off| <= off, so a pair is at most
+// 2*255*off (1020 / 2040 / 4080 at 2 / 3 / 4 bits): int16 holds the slice's 16 pairs at 2 and 3 bits (16320, 32640)
+// and 8 at 4 (32640). The float term z[h] (Σ p*(bz + a*off)) is added with the first flush.
+template <int BITS, int HB>
+void rowValuesPassI8(const uint8_t* codes, size_t tokenStride, int cnt, const uint8_t* wi, const float* sg,
+                     const float* z, float* out, int d) {
+  constexpr int PAIRS = BITS == 4 ? 8 : 16;
+  const __m256i offv = _mm256_set1_epi8((char)(1 << (BITS - 1)));
+  auto load = [&](int e) INNERQ_INLINE_LAMBDA {  // token e's centered codes; zero past the slice (weight 0 there)
+    return e < cnt ? _mm256_sub_epi8(unpack32<BITS>(codes + (size_t)e * tokenStride), offv) : _mm256_setzero_si256();
+  };
+  bool first = true;
+  for (int e0 = 0; e0 < cnt; e0 += 2 * PAIRS) {
+    __m256i acc[HB][2];
+    for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm256_setzero_si256();
+    const int e1 = e0 + 2 * PAIRS < cnt ? e0 + 2 * PAIRS : cnt;
+    for (int e = e0; e < e1; e += 2) {
+      const __m256i a = load(e), b = load(e + 1);
+      const __m256i lo = _mm256_unpacklo_epi8(a, b), hi = _mm256_unpackhi_epi8(a, b);
+      for (int h = 0; h < HB; h++) {
+        const __m256i w = _mm256_broadcastw_epi16(_mm_loadu_si16(wi + h * 32 + e));
+        acc[h][0] = _mm256_add_epi16(acc[h][0], _mm256_maddubs_epi16(w, lo));
+        acc[h][1] = _mm256_add_epi16(acc[h][1], _mm256_maddubs_epi16(w, hi));
+      }
+    }
+    for (int h = 0; h < HB; h++)
+      flushPairSums(acc[h], _mm256_set1_ps(sg[h]), out + h * d, first ? _mm256_set1_ps(z[h]) : _mm256_setzero_ps());
+    first = false;
+  }
+}
+
+template <int BITS>
+void wsumRowI8T(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+                float* out) {
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
+  const float off = (float)avxSymOffset(BITS);
+  alignas(32) float a32[32], b32[32];
+  alignas(32) uint8_t wi[kMaxHeadBlock * 32];  // zero past the slice, so an odd slice's last pair reads a 0 weight
+  float sg[kMaxHeadBlock], z[kMaxHeadBlock];
+  for (int sa = t0; sa < t1;) {
+    const int se = (sa / 32 + 1) * 32 < t1 ? (sa / 32 + 1) * 32 : t1, cnt = se - sa;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    if (se < t1 || m.nextCodes) {  // the next slice's rows, or the next page's first 32 (see prefetchBytes)
+      const size_t row = (size_t)(se < t1 ? se : 0) * n, rows = (size_t)32 * n;
+      prefetchBytes(se < t1 ? m.codes + row * gb : m.nextCodes, rows * gb);
+      prefetchBytes(se < t1 ? m.scales + row : m.nextScales, rows * 2);
+      if (m.zeros) prefetchBytes(se < t1 ? m.zeros + row : m.nextZeros, rows * 2);
+    }
+    for (int g = 0; g < n; g++) {
+      // a and b' = bz + a*off of the slice's tokens for group g (zero past the slice), gathered 8 tokens at a time
+      for (int e0 = 0; e0 < 32; e0 += 8) {
+        int idx[8];
+        for (int i = 0; i < 8; i++) idx[i] = (sa + (e0 + i < cnt ? e0 + i : cnt - 1)) * n + g;
+        __m256 a, bz;
+        params8(gather8h(m.scales, idx), m.zeros, m.zeros ? gather8h(m.zeros, idx) : _mm_setzero_si128(), off, a, bz);
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(cnt - e0), lane));
+        _mm256_store_ps(a32 + e0, _mm256_and_ps(a, live));
+        _mm256_store_ps(b32 + e0, _mm256_and_ps(_mm256_fmadd_ps(a, _mm256_set1_ps(off), bz), live));
+      }
+      for (int h = 0; h < r; h++) {
+        const float* ph = p + h * ldp + (sa - t0);
+        __m256 zs = _mm256_setzero_ps(), w[4];
+        __m256i codes[4];
+        for (int i = 0; i < 4; i++) {
+          const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt - 8 * i), lane);
+          const __m256 pv = _mm256_maskload_ps(ph + 8 * i, live);  // never reads past the slice
+          w[i] = _mm256_mul_ps(pv, _mm256_load_ps(a32 + 8 * i));
+          zs = _mm256_fmadd_ps(pv, _mm256_load_ps(b32 + 8 * i), zs);
+        }
+        sg[h] = quantizeSliceU8(w, wi + h * 32, codes);  // = quantizeU8 of the 32 weights
+        z[h] = hsum(zs);
+      }
+      for (int sl = 0; sl < spg; sl++) {
+        const uint8_t* codes = m.codes + ((size_t)sa * n + g) * gb + (size_t)sl * bb;
+        const size_t stride = (size_t)n * gb;
+        float* o = out + g * G + sl * 32;
+        int h = 0;
+        for (; h + 4 <= r; h += 4) rowValuesPassI8<BITS, 4>(codes, stride, cnt, wi + h * 32, sg + h, z + h, o + h * d, d);
+        for (; h + 2 <= r; h += 2) rowValuesPassI8<BITS, 2>(codes, stride, cnt, wi + h * 32, sg + h, z + h, o + h * d, d);
+        for (; h < r; h++) rowValuesPassI8<BITS, 1>(codes, stride, cnt, wi + h * 32, sg + h, z + h, o + h * d, d);
+      }
+    }
+    sa = se;
+  }
+}
+
+void wsumRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+               float* out) {
+  switch (f.bits) {
+    case 2: return wsumRowI8T<2>(m, f, d, t0, t1, p, ldp, r, out);
+    case 3: return wsumRowI8T<3>(m, f, d, t0, t1, p, ldp, r, out);
+    case 4: return wsumRowI8T<4>(m, f, d, t0, t1, p, ldp, r, out);
+    default: return wsumRowFT<8>(m, f, d, t0, t1, p, ldp, r, out);  // float: see the 8-bit note above
+  }
+}
+
+const Kernels kAvx2 = {"avx2", scoresFp16, wsumFp16, scoresRowI8, scoresColI8, wsumColI8, wsumRowI8, softmaxExp, quantizeI8,
                        quantizeU8, quantizeHeadRows,
                        softmaxExpU8};
 

@@ -1,8 +1,10 @@
-// kernels_avx512.cpp - AVX-512 kernels: VNNI for the InnerQ integer paths, 512-bit fp16 rows and KIVI-style float
-// paths (built with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg plus the AVX2 flags; only
-// reached after cpuFeatures() confirmed all of them, OS support for the zmm state included), plus the softmax
-// numerator and the u8 weight quantizer. The query quantizer is the AVX2 one, and so is every InnerQ shape the fast
-// paths below do not cover (G > 32, head dims other than 128/256 for keys, 8-bit codes).
+// kernels_avx512.cpp - AVX-512 kernels: VNNI for the InnerQ integer paths and 512-bit fp16 rows (built with
+// -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bitalg plus the AVX2 flags; only reached
+// after cpuFeatures() confirmed all of them, OS support for the zmm state included), plus the softmax numerator and
+// the u8 weight quantizer. The query quantizer is the AVX2 one, and so is every InnerQ shape the fast
+// paths below do not cover (G > 32, head dims other than 128/256 for keys, 8-bit codes), and so are the KIVI-style
+// integer paths (this file's 512-bit float KIVI kernels were retired with the float contract; an AVX-512 port of the
+// integer ones needs a host with AVX-512 to test it on).
 //
 // Why these kernels are faster than the AVX2 ones: vpdpbusd multiplies 64 u8 x s8 byte pairs and adds each group of
 // four products into a 32-bit lane in ONE instruction, where AVX2 needs maddubs + add + madd (and an hadd tree to
@@ -638,134 +640,6 @@ void wsumFp16(const uint16_t* rows, size_t ld, int n, int d, const float* p, siz
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// KIVI-style baselines with 512-bit vectors: kernels_avx2.cpp's structure (scale folded into the activation for
-// keys, one dequantized L1 tile shared by all heads for values) with 16-lane converts and FMAs, so that the
-// comparison with InnerQ is between kernels using the same vector width.
-inline void codesToFloat32(__m256i u, __m512& f0, __m512& f1) {  // 32 byte codes -> two 16-lane float vectors
-  f0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(u)));
-  f1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(u, 1)));
-}
-
-// Keys (kColGrouped): per 32-token block of one token group, every channel's 32 codes as two float vectors and one
-// FMA per vector and head with the folded query q~[h][j] = q[h][j] * a[j]; c[h] = Σ_j q[h][j] * bz[j] starts the sum.
-template <int BITS, int HB>
-void colKeysPass(const uint8_t* codes, int d, int gb, int sl, int bb, const float* qt, const float* c, float* s,
-                 size_t lds) {
-  __m512 acc[HB][2];
-  for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm512_set1_ps(c[h]);
-  for (int j = 0; j < d; j++) {
-    __m512 f0, f1;
-    codesToFloat32(unpack32<BITS>(codes + (size_t)j * gb + (size_t)sl * bb), f0, f1);
-    for (int h = 0; h < HB; h++) {
-      const __m512 w = _mm512_set1_ps(qt[h * kMaxHeadDim + j]);
-      acc[h][0] = _mm512_fmadd_ps(w, f0, acc[h][0]);
-      acc[h][1] = _mm512_fmadd_ps(w, f1, acc[h][1]);
-    }
-  }
-  for (int h = 0; h < HB; h++) {
-    _mm512_storeu_ps(s + h * lds + sl * 32, acc[h][0]);
-    _mm512_storeu_ps(s + h * lds + sl * 32 + 16, acc[h][1]);
-  }
-}
-
-template <int BITS>
-void scoresColFT(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
-                 size_t lds) {
-  const int G = f.groupSize, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
-  const float off = (float)avxSymOffset(BITS);
-  alignas(64) float qt[kMaxHeadBlock * kMaxHeadDim];
-  float c[kMaxHeadBlock];
-  for (int tg = g0; tg < g1; tg++) {
-    const size_t gi0 = (size_t)tg * d;
-    foldKeyGroup(m, d, gi0, q, r, off, qt, c);
-    const uint8_t* codes = m.codes + gi0 * gb;
-    float* sg = s + (size_t)(tg - g0) * G;
-    for (int sl = 0; sl < spg; sl++) {
-      int h = 0;
-      for (; h + 4 <= r; h += 4) colKeysPass<BITS, 4>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-      for (; h + 2 <= r; h += 2) colKeysPass<BITS, 2>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-      for (; h < r; h++) colKeysPass<BITS, 1>(codes, d, gb, sl, bb, qt + h * kMaxHeadDim, c + h, sg + h * lds, lds);
-    }
-  }
-}
-
-void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
-                size_t lds) {
-  switch (f.bits) {
-    case 2: return scoresColFT<2>(m, f, d, g0, g1, q, r, s, lds);
-    case 3: return scoresColFT<3>(m, f, d, g0, g1, q, r, s, lds);
-    case 4: return scoresColFT<4>(m, f, d, g0, g1, q, r, s, lds);
-    default: return scoresColFT<8>(m, f, d, g0, g1, q, r, s, lds);
-  }
-}
-
-// Values (kRowGrouped): each 32-code block dequantized once (x^ = a*u + bz) into an L1 tile of [token][32 channels],
-// then per head two FMAs per token (32 channels) into register accumulators; tile partials are added to out.
-template <int HB>
-void rowValuesTile(const float* xt, int cnt, const float* p, size_t ldp, float* out /* [HB][32] */) {
-  __m512 acc[HB][2];
-  for (int h = 0; h < HB; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
-  for (int t = 0; t < cnt; t++) {
-    const __m512 x0 = _mm512_load_ps(xt + t * 32), x1 = _mm512_load_ps(xt + t * 32 + 16);
-    for (int h = 0; h < HB; h++) {
-      const __m512 w = _mm512_set1_ps(p[h * ldp + t]);
-      acc[h][0] = _mm512_fmadd_ps(w, x0, acc[h][0]);
-      acc[h][1] = _mm512_fmadd_ps(w, x1, acc[h][1]);
-    }
-  }
-  for (int h = 0; h < HB; h++) {
-    _mm512_storeu_ps(out + h * 32, acc[h][0]);
-    _mm512_storeu_ps(out + h * 32 + 16, acc[h][1]);
-  }
-}
-
-template <int BITS>
-void wsumRowFT(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-               float* out) {
-  constexpr int kTile = 64;
-  const int G = f.groupSize, n = d / G, spg = G / 32, gb = avxGroupBytes(BITS, G), bb = avxBlockBytes(BITS);
-  const float off = (float)avxSymOffset(BITS);
-  alignas(64) float xt[kTile * 32];
-  alignas(64) float part[kMaxHeadBlock * 32];
-  for (int tt = t0; tt < t1; tt += kTile) {
-    const int cnt = t1 - tt < kTile ? t1 - tt : kTile;
-    for (int g = 0; g < n; g++) {
-      for (int sl = 0; sl < spg; sl++) {
-        for (int t = 0; t < cnt; t++) {
-          const size_t gi = (size_t)(tt + t) * n + g;
-          const uint16_t sb = m.scales[gi];
-          const float a = _cvtsh_ss((uint16_t)(sb & 0x7fff));
-          const float bz = (sb & 0x8000) ? _cvtsh_ss(m.zeros[gi]) : -a * off;
-          __m512 f0, f1;
-          codesToFloat32(unpack32<BITS>(m.codes + gi * gb + (size_t)sl * bb), f0, f1);
-          _mm512_store_ps(xt + t * 32, _mm512_fmadd_ps(_mm512_set1_ps(a), f0, _mm512_set1_ps(bz)));
-          _mm512_store_ps(xt + t * 32 + 16, _mm512_fmadd_ps(_mm512_set1_ps(a), f1, _mm512_set1_ps(bz)));
-        }
-        const float* pt = p + (tt - t0);
-        int h = 0;
-        for (; h + 4 <= r; h += 4) rowValuesTile<4>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        for (; h + 2 <= r; h += 2) rowValuesTile<2>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        for (; h < r; h++) rowValuesTile<1>(xt, cnt, pt + h * ldp, ldp, part + h * 32);
-        const int ch0 = g * G + sl * 32;
-        for (h = 0; h < r; h++)
-          for (int j = 0; j < 32; j += 16)
-            _mm512_storeu_ps(out + h * d + ch0 + j, _mm512_add_ps(_mm512_loadu_ps(out + h * d + ch0 + j), _mm512_load_ps(part + h * 32 + j)));
-      }
-    }
-  }
-}
-
-void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-              float* out) {
-  switch (f.bits) {
-    case 2: return wsumRowFT<2>(m, f, d, t0, t1, p, ldp, r, out);
-    case 3: return wsumRowFT<3>(m, f, d, t0, t1, p, ldp, r, out);
-    case 4: return wsumRowFT<4>(m, f, d, t0, t1, p, ldp, r, out);
-    default: return wsumRowFT<8>(m, f, d, t0, t1, p, ldp, r, out);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Softmax numerator and u8 weights with 512-bit vectors (per kv head of a decode step they touch r x T floats,
 // ~10% of an InnerQ step with the AVX2 versions). The u8 quantizer rounds x * (255/max) to nearest-even exactly as
 // the AVX2 one, so both tables produce the same codes from the same weights.
@@ -966,8 +840,6 @@ Kernels makeTable() {
   k.wsumColI8 = wsumColI8;
   k.scoresFp16 = scoresFp16;
   k.wsumFp16 = wsumFp16;
-  k.scoresColF = scoresColF;
-  k.wsumRowF = wsumRowF;
   k.softmaxExp = softmaxExp;
   k.quantizeU8 = quantizeU8;
   k.softmaxExpU8 = softmaxExpU8;

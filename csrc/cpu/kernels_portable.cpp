@@ -10,6 +10,9 @@ namespace innerq {
 namespace cpu {
 namespace {
 
+void quantizeI8(const float* x, int n, int8_t* q, float* sigma, float* sigmaSum);
+void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum);
+
 // Per-group decode parameters in the form x^ = a*u + bz: symmetric groups have bz = -a*2^(b-1), asymmetric
 // (scale sign bit set) have bz = zero.
 inline void groupParams(uint16_t scaleBits, const uint16_t* zeros, size_t idx, int bits, float& a, float& bz) {
@@ -65,7 +68,8 @@ void scoresRowI8Page(const QuantRef& m, const MatrixFormat& f, int d, int t0, in
   }
 }
 
-void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+// KIVI-style 8-bit codes: the float paths (the contract in cpu_kernels.h; kernels_avx2.cpp says why).
+void scoresColFloat(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
                 size_t lds) {
   const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
   uint8_t u[32];
@@ -84,6 +88,65 @@ void scoresColF(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1,
           const float qt = q[h * d + j] * a, c = q[h * d + j] * bz;
           float* o = sg + h * lds + sl * 32;
           for (int e = 0; e < 32; e++) o[e] += qt * (float)u[e] + c;
+        }
+      }
+    }
+  }
+}
+
+void wsumRowFloat(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+              float* out) {
+  const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
+  uint8_t u[32];
+  for (int t = t0; t < t1; t++) {
+    for (int g = 0; g < n; g++) {
+      const size_t gi = (size_t)t * n + g;
+      float a, bz;
+      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+      for (int sl = 0; sl < spg; sl++) {
+        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
+        for (int h = 0; h < r; h++) {
+          const float w = p[h * ldp + (t - t0)], pt = w * a, c = w * bz;  // folded: p~ = p*a
+          float* o = out + h * d + g * G + sl * 32;
+          for (int e = 0; e < 32; e++) o[e] += pt * (float)u[e] + c;
+        }
+      }
+    }
+  }
+}
+
+// KIVI-style keys, integer path (contract in cpu_kernels.h): per token group and head, fold the scale into the
+// query (q~ = q*a, exact up to one float rounding), quantize q~ to int8 per 32-channel slice, and sum the exact
+// integer dot products of each slice with the codes; the zero term Σ q*bz stays float.
+void scoresColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r, float* s,
+                 size_t lds) {
+  if (f.bits == 8) return scoresColFloat(m, f, d, g0, g1, q, r, s, lds);
+  const int G = f.groupSize, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits), ns = d / 32;
+  uint8_t u[kMaxHeadDim][32];
+  float qt[kMaxHeadDim], sg[kMaxHeadDim / 32], sS[kMaxHeadDim / 32];
+  int8_t qi[kMaxHeadDim];
+  for (int tg = g0; tg < g1; tg++) {
+    float* sg0 = s + (size_t)(tg - g0) * G;
+    for (int h = 0; h < r; h++) {
+      float c = 0;
+      for (int j = 0; j < d; j++) {
+        const size_t gi = (size_t)tg * d + j;
+        float a, bz;
+        groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+        qt[j] = q[h * d + j] * a;
+        c += q[h * d + j] * bz;
+      }
+      quantizeI8(qt, d, qi, sg, sS);
+      for (int sl = 0; sl < spg; sl++) {
+        for (int j = 0; j < d; j++) unpackBlock32(m.codes + ((size_t)tg * d + j) * gb + (size_t)sl * bb, f.bits, u[j]);
+        for (int e = 0; e < 32; e++) {
+          float acc = c;
+          for (int k = 0; k < ns; k++) {
+            int D = 0;
+            for (int j = k * 32; j < k * 32 + 32; j++) D += (int)qi[j] * (int)u[j][e];
+            acc += sg[k] * (float)D;
+          }
+          sg0[h * lds + sl * 32 + e] = acc;
         }
       }
     }
@@ -112,24 +175,45 @@ void wsumColI8Page(const QuantRef& m, const MatrixFormat& f, int d, int g0, int 
   }
 }
 
-void wsumRowF(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
-              float* out) {
+// KIVI-style values, integer path (contract in cpu_kernels.h): per 32-aligned token slice, channel group and head,
+// the weights w_t = p_t*a_{t,g} (>= 0) go to u8 codes (quantizeU8); the integer sums run over centered codes u - off,
+// and Σ p_t*(bz + a*off) (zero for symmetric groups) is added in float.
+void wsumRowI8(const QuantRef& m, const MatrixFormat& f, int d, int t0, int t1, const float* p, size_t ldp, int r,
+               float* out) {
+  if (f.bits == 8) return wsumRowFloat(m, f, d, t0, t1, p, ldp, r, out);
   const int G = f.groupSize, n = d / G, spg = G / 32, gb = groupBytes(f.bits, G), bb = blockBytes(f.bits);
-  uint8_t u[32];
-  for (int t = t0; t < t1; t++) {
+  const int off = symOffset(f.bits);
+  float w[32], sg, sS;
+  uint8_t wi[32], u[32][32];
+  for (int sa = t0; sa < t1;) {
+    const int se = (sa / 32 + 1) * 32 < t1 ? (sa / 32 + 1) * 32 : t1, cnt = se - sa;
     for (int g = 0; g < n; g++) {
-      const size_t gi = (size_t)t * n + g;
-      float a, bz;
-      groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
-      for (int sl = 0; sl < spg; sl++) {
-        unpackBlock32(m.codes + gi * gb + (size_t)sl * bb, f.bits, u);
-        for (int h = 0; h < r; h++) {
-          const float w = p[h * ldp + (t - t0)], pt = w * a, c = w * bz;  // folded: p~ = p*a
+      for (int h = 0; h < r; h++) {
+        float z = 0;
+        for (int e = 0; e < 32; e++) {
+          w[e] = 0;
+          if (e >= cnt) continue;
+          const size_t gi = (size_t)(sa + e) * n + g;
+          float a, bz;
+          groupParams(m.scales[gi], m.zeros, gi, f.bits, a, bz);
+          const float pt = p[h * ldp + (sa + e - t0)];
+          w[e] = pt * a;
+          z += pt * (bz + a * (float)off);
+        }
+        quantizeU8(w, 32, wi, &sg, &sS);
+        for (int sl = 0; sl < spg; sl++) {
+          for (int e = 0; e < cnt; e++)
+            unpackBlock32(m.codes + ((size_t)(sa + e) * n + g) * gb + (size_t)sl * bb, f.bits, u[e]);
           float* o = out + h * d + g * G + sl * 32;
-          for (int e = 0; e < 32; e++) o[e] += pt * (float)u[e] + c;
+          for (int c = 0; c < 32; c++) {
+            int D = 0;
+            for (int e = 0; e < cnt; e++) D += (int)wi[e] * ((int)u[e][c] - off);
+            o[c] += sg * (float)D + z;
+          }
         }
       }
     }
+    sa = se;
   }
 }
 
@@ -189,8 +273,8 @@ void quantizeU8(const float* x, int n, uint8_t* q, float* sigma, float* sigmaSum
   }
 }
 
-const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8ByPage<scoresRowI8Page>, scoresColF,
-                           wsumColI8ByPage<wsumColI8Page>, wsumRowF, softmaxExp,
+const Kernels kPortable = {"portable", scoresFp16, wsumFp16, scoresRowI8ByPage<scoresRowI8Page>, scoresColI8,
+                           wsumColI8ByPage<wsumColI8Page>, wsumRowI8, softmaxExp,
                            quantizeI8, quantizeU8, quantizeHeadRows,
                            softmaxExpU8Composed<softmaxExp, quantizeU8>};
 

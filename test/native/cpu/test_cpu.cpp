@@ -8,9 +8,13 @@
 // DEQUANTIZED cache:
 //  - per element quantization bounds: |x - x^| <= s/2 (sym and asym), hybrid picks the smaller-L1 mode;
 //  - key scores (cpuKeyScores) and value sums (cpuValueSum):
-//      float paths (fp16, KIVI-style):  |err| <= 1e-5 * M, M = max over the head's row of Σ|a_i b_i| (normwise
+//      float paths (fp16 rows, 8-bit KIVI-style): |err| <= 1e-5 * M, M = max over the head's row of Σ|a_i b_i| (normwise
 //                                       relative error 1e-5; per element it cannot be, results may cancel to ~0)
 //      int8 paths (InnerQ):             |err| <= Σ_j |x^_j| sigma_j / 2 + 1e-5 * M
+//      int8 paths (KIVI-style):         keys |err| <= Σ_j u_j sigma~_j / 2 + 1e-5 * M, sigma~ the slice scale of the
+//                                       folded query q*a of the token group; values |err| <= Σ_t |u_tj - off|
+//                                       sigma_t / 2 + 1e-5 * M, sigma_t = max (p*a_g) / 255 over the token's 32-aligned
+//                                       slice (contracts in cpu_kernels.h); at 2, 3 and 4 bits
 //        where sigma_j is the 8-bit scale of the activation slice holding j (int8 query: max|x|/127; u8 softmax
 //        weights: max/255) (derivation in kernels_avx2.cpp /
 //        cpu_backend.h): sigma*qi_j - x_j is at most sigma/2 per element, the integer dot product is exact.
@@ -163,6 +167,8 @@ struct Deq {
   double x;      // dequantized stored value (K/f for keys in pages)
   double input;  // what was quantized (fp16-rounded K/f, or V)
   bool page;
+  int u = 0;          // quantized elements: the code
+  float scale = 0;    // quantized elements: the group's scale magnitude a (x = a*u + bz)
 };
 
 static Deq element(const Cache& c, Matrix m, int a, int k, int j) {
@@ -198,7 +204,7 @@ static Deq element(const Cache& c, Matrix m, int a, int k, int j) {
   const uint16_t sb = scales[gi];
   const double s = halfToDouble((uint16_t)(sb & 0x7fff));
   const double x = scaleIsAsym(sb) ? s * u[e % 32] + halfToDouble(zeros[gi]) : s * (u[e % 32] - symOffset(f.bits));
-  return Deq{x, in, true};
+  return Deq{x, in, true, u[e % 32], (float)s};
 }
 
 // Per element bounds and the hybrid choice, read back from the pages.
@@ -266,6 +272,7 @@ static float quantSigma(const float* x, int levels, int j) {
 
 static double worstRatio = 0;  // max over checks of err / allowed, reported
 static double worstFloatRel = 0, worstI8Ratio = 0;  // float paths: err / M; int8 paths: err / derived bound
+static double worstKiviRatio = 0;                    // the KIVI-style int8 paths' share of worstI8Ratio
 
 static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const char* label) {
   Cache c;
@@ -279,7 +286,11 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
   std::vector<float> query((size_t)Hq * d);
   for (auto& x : query) x = (float)(nd(rng) * (cf.heavy ? 3 : 1));
   const double scale = 1.0 / std::sqrt((double)d);
-  const bool kI8 = cf.kf.orientation == kRowGrouped, vI8 = cf.vf.orientation == kColGrouped;
+  // the int8-activation paths of the cpu backend: InnerQ (kRowGrouped keys, kColGrouped values) and KIVI-style
+  // (kColGrouped keys, kRowGrouped values) at 2-4 bits; 8-bit KIVI-style codes take float paths (cpu_kernels.h)
+  const bool kKivi = cf.kf.orientation == kColGrouped && cf.kf.bits != 8;
+  const bool vKivi = cf.vf.orientation == kRowGrouped && cf.vf.bits != 8;
+  const bool kI8 = cf.kf.orientation == kRowGrouped || kKivi, vI8 = cf.vf.orientation == kColGrouped || vKivi;
 
   // ---- key scores
   std::vector<float> scores((size_t)Hq * T, NAN);
@@ -296,16 +307,19 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
     }
     for (int a = 0; a < T; a++) {
       double acc = 0, mag = 0, i8 = 0;
-      bool inPage = false;
+      std::vector<Deq> row(d);
+      for (int j = 0; j < d; j++) row[j] = element(c, Matrix::Keys, a, k, j);
+      // KIVI-style: the kernel folds the group's scales into the query (q~ = qf*a, float) and quantizes q~ per
+      // 32-channel slice, so the bound is Σ_j u_j * sigma(q~)_j / 2 (the codes carry no scale any more)
+      std::vector<float> qt(d);
+      if (kKivi) for (int j = 0; j < d; j++) qt[j] = qf[j] * row[j].scale;
       for (int j = 0; j < d; j++) {
-        const Deq e = element(c, Matrix::Keys, a, k, j);
+        const Deq& e = row[j];
         const double qq = e.page ? (double)qf[j] : query[(size_t)hq * d + j] * scale;
         acc += qq * e.x;
         mag += std::fabs(qq * e.x);
-        if (e.page && kI8) i8 += std::fabs(e.x) * quantSigma(qf.data(), 127, j) / 2;
-        inPage = inPage || e.page;
+        if (e.page && kI8) i8 += kKivi ? e.u * quantSigma(qt.data(), 127, j) / 2 : std::fabs(e.x) * quantSigma(qf.data(), 127, j) / 2;
       }
-      (void)inPage;
       ref[(size_t)hq * T + a] = acc;
       bound[(size_t)hq * T + a] = i8 * (1 + 1e-5);
       magMax = std::fmax(magMax, mag);
@@ -318,6 +332,7 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
       worstRatio = std::fmax(worstRatio, err / bnd);
       if (kI8) worstI8Ratio = std::fmax(worstI8Ratio, err / bnd);
       else worstFloatRel = std::fmax(worstFloatRel, err / (magMax + 1e-300));
+      if (kKivi) worstKiviRatio = std::fmax(worstKiviRatio, err / bnd);
       CHECK(err <= bnd, "%s key score h%d t%d: got %.9g ref %.9g bound %.3g", label, hq, a, scores[(size_t)hq * T + a],
             ref[(size_t)hq * T + a], bnd);
     }
@@ -341,6 +356,16 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
     const float* pRow = probs.data() + (size_t)hq * T;
     std::vector<double> acc(d, 0), i8(d, 0), accAtt(d, 0), magAtt(d, 0);
     double magMax = 0, magAttMax = 0;
+    // KIVI-style values: per 32-aligned slice of quantized tokens and channel group, sigma = max_t (p_t*a_tg)/255
+    // (a kernel call that splits a slice quantizes each part with a smaller max); codes centered at off
+    const int G = cf.vf.groupSize, ng = d / G, off = 1 << (cf.vf.bits - 1), nSlices = (v.quantizedValues + 31) / 32;
+    std::vector<float> sigV(vKivi ? (size_t)nSlices * ng : 0, 0.0f);
+    if (vKivi)
+      for (int i = 0; i < v.quantizedValues; i++)
+        for (int g = 0; g < ng; g++) {
+          float& sv = sigV[(size_t)(i / 32) * ng + g];
+          sv = std::fmax(sv, pRow[S + i] * element(c, Matrix::Values, S + i, k, g * G).scale / 255.0f);
+        }
     for (int j = 0; j < d; j++) {
       double mag = 0;
       for (int a = 0; a < T; a++) {
@@ -349,7 +374,9 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
         mag += std::fabs((double)pRow[a] * e.x);
         accAtt[j] += pd[(size_t)hq * T + a] * e.x;
         magAtt[j] += std::fabs(pd[(size_t)hq * T + a] * e.x);
-        if (e.page && vI8) i8[j] += std::fabs(e.x) * quantSigma(pRow + S, 255, a - S) / 2;
+        if (e.page && vI8)
+          i8[j] += vKivi ? std::abs(e.u - off) * (double)sigV[(size_t)((a - S) / 32) * ng + j / G] / 2
+                         : std::fabs(e.x) * quantSigma(pRow + S, 255, a - S) / 2;
       }
       magMax = std::fmax(magMax, mag);
       magAttMax = std::fmax(magAttMax, magAtt[j]);
@@ -360,6 +387,7 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
       worstRatio = std::fmax(worstRatio, err / bnd);
       if (vI8) worstI8Ratio = std::fmax(worstI8Ratio, err / bnd);
       else worstFloatRel = std::fmax(worstFloatRel, err / (magMax + 1e-300));
+      if (vKivi) worstKiviRatio = std::fmax(worstKiviRatio, err / bnd);
       CHECK(err <= bnd, "%s value sum h%d j%d: got %.9g ref %.9g bound %.3g", label, hq, j, out[(size_t)hq * d + j], acc[j], bnd);
       // attend: softmax perturbation by the score bound, plus the value bound (scaled to the true weights)
       const double attBound =
@@ -930,7 +958,8 @@ int main(int argc, char** argv) {
   }
   std::printf("%d configs x %zu kernel tables, %d checks, %d failures, worst err/bound %.3f\n", configs, tables.size(), checks, failures,
               worstRatio);
-  std::printf("float paths: worst normwise relative error %.2e (limit 1e-5); int8 paths: worst err / derived bound %.3f\n",
-              worstFloatRel, worstI8Ratio);
+  std::printf("float paths: worst normwise relative error %.2e (limit 1e-5); int8 paths: worst err / derived bound %.3f "
+              "(KIVI-style %.3f)\n",
+              worstFloatRel, worstI8Ratio, worstKiviRatio);
   return failures ? 1 : 0;
 }
