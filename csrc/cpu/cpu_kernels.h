@@ -112,9 +112,13 @@ struct Kernels {
   // KIVI-style keys (kColGrouped), integer path: page token groups [g0, g1); s[h*lds + (t - g0*G)]. q is float (the
   // scale varies per channel and token group, so it is folded per group): for token group g and head h,
   // q~_j = q_j * a_gj (float), quantized with this table's quantizeI8 (int8 per 32-channel slice k, sigma_k), and
-  //   s_t = Σ_j q_j * bz_gj  +  Σ_k sigma_k * Σ_{j in k} qi_j * u_tj      (u: the unsigned code, integer sums exact)
-  // so |s_t - Σ_j q_j * k^_tj| <= Σ_k (sigma_k / 2) Σ_{j in k} u_tj plus float rounding. 8-bit codes: float
-  // (s_t = Σ_j (q_j * a_gj) * u_tj + Σ_j q_j * bz_gj in fp32; relative error ~1e-6), since maddubs would saturate.
+  //   s_t = Σ_j q_j * bz_gj + off * (Σ_j q~_j - Σ_k sigma_k Σ_{j in k} qi_j)  +  Σ_k sigma_k * Σ_{j in k} qi_j * u_tj
+  // (u: the unsigned code, off = 2^(bits-1), integer sums exact). That is Σ_j q~_j (u_tj - off) through the int8
+  // image and Σ_j q~_j off exactly: the codes are centered without a per-token instruction (the correction is one
+  // constant per group and head; maddubs needs the codes unsigned), so the int8 rounding of q~ meets u - off, not u,
+  // and no longer shifts every token of a group by Σ_j e_j * off alike (which the softmax does not cancel: uncentered,
+  // the worst attend row of test/cache.test.ts's kivi cases was 12-22 % of the weighted value magnitude).
+  // |s_t - Σ_j q_j * k^_tj| <= Σ_k (sigma_k / 2) Σ_{j in k} |u_tj - off| plus float rounding.
   void (*scoresColI8)(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1, const float* q, int r,
                       float* s, size_t lds);
   // InnerQ values (kColGrouped), integer path with u8 weights: run token groups [g0, g1). p's slice index k covers

@@ -1041,7 +1041,15 @@ void scoresColI8T(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g
       if (m.zeros) prefetchBytes(last ? m.nextZeros : m.zeros + gi0 + d, (size_t)d * 2);
     }
     foldKeyGroup(m, d, gi0, q, r, off, qt, c);  // qt = q*a, c = Σ q*bz
-    for (int h = 0; h < r; h++) quantizeI8(qt + h * kMaxHeadDim, d, qi + h * kMaxHeadDim, sg + h * 8, sS + h * 8);
+    for (int h = 0; h < r; h++) {
+      quantizeI8(qt + h * kMaxHeadDim, d, qi + h * kMaxHeadDim, sg + h * 8, sS + h * 8);
+      // centering (contract in cpu_kernels.h): c += off * (Σ_j q~_j - Σ_k sigma_k * Σ_{j in k} qi_j)
+      __m256 t = _mm256_setzero_ps();
+      for (int j = 0; j < d; j += 8) t = _mm256_add_ps(t, _mm256_load_ps(qt + h * kMaxHeadDim + j));
+      float sum = hsum(t), ss = 0;
+      for (int k = 0; k < d / 32; k++) ss += sS[h * 8 + k];
+      c[h] += off * (sum - ss);
+    }
     const uint8_t* codes = m.codes + gi0 * gb;
     float* sgRows = s + (size_t)(tg - g0) * G;
     for (int sl = 0; sl < spg; sl++) {

@@ -137,6 +137,11 @@ void scoresColI8(const QuantRef& m, const MatrixFormat& f, int d, int g0, int g1
         c += q[h * d + j] * bz;
       }
       quantizeI8(qt, d, qi, sg, sS);
+      // centering (contract in cpu_kernels.h): c += off * (Σ_j q~_j - Σ_k sigma_k * Σ_{j in k} qi_j)
+      float sum = 0, ss = 0;
+      for (int j = 0; j < d; j++) sum += qt[j];
+      for (int k = 0; k < ns; k++) ss += sS[k];
+      c += (float)symOffset(f.bits) * (sum - ss);
       for (int sl = 0; sl < spg; sl++) {
         for (int j = 0; j < d; j++) unpackBlock32(m.codes + ((size_t)tg * d + j) * gb + (size_t)sl * bb, f.bits, u[j]);
         for (int e = 0; e < 32; e++) {

@@ -11,7 +11,7 @@
 //      float paths (fp16 rows, 8-bit KIVI-style): |err| <= 1e-5 * M, M = max over the head's row of Σ|a_i b_i| (normwise
 //                                       relative error 1e-5; per element it cannot be, results may cancel to ~0)
 //      int8 paths (InnerQ):             |err| <= Σ_j |x^_j| sigma_j / 2 + 1e-5 * M
-//      int8 paths (KIVI-style):         keys |err| <= Σ_j u_j sigma~_j / 2 + 1e-5 * M, sigma~ the slice scale of the
+//      int8 paths (KIVI-style):         keys |err| <= Σ_j |u_j - off| sigma~_j / 2 + 1e-5 * M, sigma~ the scale of the
 //                                       folded query q*a of the token group; values |err| <= Σ_t |u_tj - off|
 //                                       sigma_t / 2 + 1e-5 * M, sigma_t = max (p*a_g) / 255 over the token's 32-aligned
 //                                       slice (contracts in cpu_kernels.h); at 2, 3 and 4 bits
@@ -310,7 +310,7 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
       std::vector<Deq> row(d);
       for (int j = 0; j < d; j++) row[j] = element(c, Matrix::Keys, a, k, j);
       // KIVI-style: the kernel folds the group's scales into the query (q~ = qf*a, float) and quantizes q~ per
-      // 32-channel slice, so the bound is Σ_j u_j * sigma(q~)_j / 2 (the codes carry no scale any more)
+      // 32-channel slice, with the codes centered, so the bound is Σ_j |u_j - off| * sigma(q~)_j / 2
       std::vector<float> qt(d);
       if (kKivi) for (int j = 0; j < d; j++) qt[j] = qf[j] * row[j].scale;
       for (int j = 0; j < d; j++) {
@@ -318,7 +318,9 @@ static void runConfig(Backend& b, const Config& cf, std::mt19937_64& rng, const 
         const double qq = e.page ? (double)qf[j] : query[(size_t)hq * d + j] * scale;
         acc += qq * e.x;
         mag += std::fabs(qq * e.x);
-        if (e.page && kI8) i8 += kKivi ? e.u * quantSigma(qt.data(), 127, j) / 2 : std::fabs(e.x) * quantSigma(qf.data(), 127, j) / 2;
+        if (e.page && kI8)
+          i8 += kKivi ? std::abs(e.u - (1 << (cf.kf.bits - 1))) * quantSigma(qt.data(), 127, j) / 2
+                      : std::fabs(e.x) * quantSigma(qf.data(), 127, j) / 2;
       }
       ref[(size_t)hq * T + a] = acc;
       bound[(size_t)hq * T + a] = i8 * (1 + 1e-5);
